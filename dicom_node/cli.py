@@ -1,0 +1,336 @@
+"""The ``spinenode`` command line. Logging is configured here and nowhere else.
+
+Commands: serve, echo, send, segment, audit, retry, phantom, models (list / import), train, evaluate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("pynetdicom", "PIL", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- node ------------------------------------------------------------------------------------------
+def _node_config(args: argparse.Namespace) -> Any:
+    from dicom_node.config import ConfigError, Destination, load_config
+
+    try:
+        return load_config(
+            Path(args.config) if args.config else None,
+            ae_title=args.ae_title,
+            port=args.port,
+            bind=getattr(args, "bind", None),
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            destinations=tuple(Destination.parse(d) for d in (getattr(args, "destination", None) or [])),
+            model=getattr(args, "model", None),
+            allowed_calling_aes=tuple(getattr(args, "allow_calling_ae", None) or []),
+            workers=getattr(args, "workers", None),
+        )
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicom_node.node import Node
+
+    config = _node_config(args)
+    node = Node.compose(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        port = node.start()
+    except KeyError as exc:
+        node.db.dispose()
+        raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
+    except OSError as exc:
+        node.db.dispose()
+        raise CLIError(f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}") from exc
+    dests = ", ".join(str(d) for d in config.destinations) or "none (results kept in the data directory)"
+    print(f"SpineNode {config.ae_title} listening on port {port}; model {config.model}; destinations: {dests}",
+          flush=True)
+    stop.wait()
+    node.stop()
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from dicom_node.config import ConfigError, Destination
+
+    try:
+        dest = Destination.parse(args.destination)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from exc
+    ae = AE(ae_title=args.calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        raise CLIError(f"no association with {dest}")
+    rsp = assoc.send_c_echo()
+    assoc.release()
+    status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+    print(f"C-ECHO {dest}: " + ("success" if status == 0 else f"status {status}"))
+    return 0 if status == 0 else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dicom_node.config import ConfigError, Destination
+    from dicom_node.sender import send_files
+
+    try:
+        dest = Destination.parse(args.destination)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from exc
+    paths = [str(p) for p in args.files]
+    for p in paths:
+        if not Path(p).is_file():
+            raise CLIError(f"no such file: {p}")
+    results = send_files(args.calling_ae, dest, paths)
+    failed = 0
+    for path, (status, error) in zip(paths, results, strict=True):
+        ok = status is not None and status in (0x0000, 0xB000, 0xB006, 0xB007)
+        failed += not ok
+        print(f"{path}: " + (f"status 0x{status:04X}" if status is not None else "not sent") + (f" ({error})" if error else ""))
+    return 1 if failed else 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from dicom_node.segment_file import segment_file
+
+    try:
+        summary = segment_file(Path(args.file), Path(args.out), args.model)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _open_db(args: argparse.Namespace) -> Any:
+    from dicom_node.audit import AuditDB
+
+    config = _node_config(args)
+    if not config.db_path.is_file():
+        raise CLIError(f"no audit database at {config.db_path} (use --data-dir)")
+    return AuditDB(config.db_path)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from dicom_node.report import audit_report, format_audit
+
+    db = _open_db(args)
+    report = audit_report(db, since=args.since, limit=args.limit)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_audit(report))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from dicom_node.sender import requeue_deliveries
+
+    n = requeue_deliveries(_open_db(args), include_failed=args.failed)
+    print(f"{n} deliveries due now (the running node sends them within a second)")
+    return 0
+
+
+# --- engine ----------------------------------------------------------------------------------------
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from inference.phantom_dicom import write_phantoms
+
+    index = write_phantoms(Path(args.out), args.n, args.seed, args.format)
+    print(f"wrote {len(index)} phantom(s) to {args.out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from inference.model_card import list_cards, models_dir
+
+    if args.models_command == "import":
+        from inference.importer import import_checkpoint
+
+        try:
+            card = import_checkpoint(Path(args.path), args.name, models_dir(), args.display_name)
+        except (OSError, ValueError) as exc:
+            raise CLIError(str(exc)) from exc
+        print(f"imported {args.path} as {card.name} ({card.architecture})")
+        return 0
+    cards = list_cards()
+    if args.json:
+        print(json.dumps([c.to_json() for c in cards], indent=2))
+    else:
+        for c in cards:
+            v, t1 = (c.metrics.get("phantom_eval") or {}).get("per_class", {}).get("V", {}), None
+            t1 = (c.metrics.get("phantom_eval") or {}).get("per_class", {}).get("T1", {})
+            print(f"{c.name:28s} {c.architecture:22s} {str(c.encoder):14s} {c.input_size[0]}x{c.input_size[1]}"
+                  f"  demo={c.demo}  V IoU {v.get('iou', '-')}  T1 IoU {t1.get('iou', '-')}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from inference.datasets import DataSpecError
+    from inference.training import main_train_args_to_config, train
+
+    try:
+        card = train(main_train_args_to_config(args))
+    except DataSpecError as exc:
+        raise CLIError(str(exc)) from exc
+    print(json.dumps({"model": card.name, "best_val": card.training["best_val"], "metrics": card.metrics}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from inference.datasets import DataSource, DataSpecError
+    from inference.engine import Engine
+    from inference.model_card import find_card
+    from inference.training import evaluate_engine
+
+    try:
+        card = find_card(args.model)
+        source = DataSource.parse(f"coco:{args.coco}") if args.coco else DataSource.parse(
+            f"phantom:{args.phantom}", args.seed
+        )
+    except (KeyError, DataSpecError) as exc:
+        raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
+    result = evaluate_engine(Engine(card), source.load(), progress=not args.json)
+    result["data"] = source.describe()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{card.name} on {result['data']}: {result['n_images']} images")
+        for cls, m in result["per_class"].items():
+            print(f"  {cls:3s} IoU {m['iou']}  Dice {m['dice']}  (per-image mean IoU {m['iou_mean_per_image']})")
+    return 0
+
+
+def _node_flags(p: argparse.ArgumentParser, serve: bool = False) -> None:
+    p.add_argument("--config", help="TOML config file (default: $SPINENODE_CONFIG or config/node.toml)")
+    p.add_argument("--data-dir", help="storage and SQLite audit database (default ./var)")
+    p.add_argument("--ae-title")
+    p.add_argument("--port", type=int)
+    if serve:
+        p.add_argument("--bind", help="listen address (default 0.0.0.0)")
+        p.add_argument("--destination", action="append", metavar="AE@HOST:PORT", help="repeatable")
+        p.add_argument("--model")
+        p.add_argument("--allow-calling-ae", action="append", metavar="AE", help="repeatable")
+        p.add_argument("--workers", type=int, help="inference threads")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spinenode", description="SpineNode: a DICOM AI node for spine radiographs")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the DICOM node in the foreground")
+    _node_flags(s, serve=True)
+    s.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("echo", help="C-ECHO a peer")
+    e.add_argument("destination", metavar="AE@HOST:PORT")
+    e.add_argument("--calling-ae", default="SPINENODE")
+    e.set_defaults(func=cmd_echo)
+
+    sd = sub.add_parser("send", help="C-STORE files to a peer")
+    sd.add_argument("destination", metavar="AE@HOST:PORT")
+    sd.add_argument("files", nargs="+")
+    sd.add_argument("--calling-ae", default="SPINENODE")
+    sd.set_defaults(func=cmd_send)
+
+    sg = sub.add_parser("segment", help="segment one DICOM/PNG/JPEG file offline")
+    sg.add_argument("file")
+    sg.add_argument("--out", required=True)
+    sg.add_argument("--model", default=None, help="default: the configured default model")
+    sg.set_defaults(func=cmd_segment)
+
+    a = sub.add_parser("audit", help="recent jobs with outputs and delivery state")
+    _node_flags(a)
+    a.add_argument("--since", help="ISO date/time, e.g. 2026-11-30T10:00")
+    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_audit)
+
+    r = sub.add_parser("retry", help="make waiting deliveries due now")
+    _node_flags(r)
+    r.add_argument("--failed", action="store_true", help="also deliveries that gave up")
+    r.set_defaults(func=cmd_retry)
+
+    ph = sub.add_parser("phantom", help="write synthetic spine radiographs with masks")
+    ph.add_argument("--out", required=True)
+    ph.add_argument("--n", type=int, default=1)
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--format", choices=("dicom", "png"), default="dicom")
+    ph.set_defaults(func=cmd_phantom)
+
+    m = sub.add_parser("models", help="list models, or import a seed checkpoint")
+    m.add_argument("--json", action="store_true")
+    msub = m.add_subparsers(dest="models_command")
+    mi = msub.add_parser("import", help="import a seed app .pth (bare state_dict)")
+    mi.add_argument("path")
+    mi.add_argument("--name", required=True)
+    mi.add_argument("--display-name")
+    m.set_defaults(func=cmd_models)
+
+    t = sub.add_parser("train", help="train a model on phantoms or COCO data")
+    t.add_argument("--arch", required=True)
+    t.add_argument("--encoder", default="resnet50")
+    t.add_argument("--data", required=True, help="phantom:N or coco:ANNOTATIONS.json:IMAGE_DIR")
+    t.add_argument("--data-seed", type=int, default=0, help="first phantom seed")
+    t.add_argument("--out", required=True)
+    t.add_argument("--name")
+    t.add_argument("--display-name")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--steps", type=int, help="stop after this many optimiser steps")
+    t.add_argument("--input-size", type=int, nargs=2, default=(384, 128), metavar=("H", "W"))
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init-from", help="start from these weights (staged fine-tuning)")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--not-demo", action="store_true", help="weights are not synthetic-only")
+    t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="IoU/Dice of a model against phantoms or COCO data")
+    ev.add_argument("--model", required=True)
+    g = ev.add_mutually_exclusive_group(required=True)
+    g.add_argument("--phantom", type=int, metavar="N")
+    g.add_argument("--coco", metavar="ANN.json:IMAGE_DIR")
+    ev.add_argument("--seed", type=int, default=500000, help="first phantom seed (default: never used in training)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"spinenode: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The node's typed configuration: read from TOML, overridden by command-line flags.
+
+The file is ``config/node.toml`` of the project unless ``SPINENODE_CONFIG`` or ``--config`` names
+another. Every default is documented beside its constant here and repeated in ``config/node.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "SPINENODE_CONFIG"
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "node.toml"
+
+DEFAULT_AE_TITLE = "SPINENODE"
+DEFAULT_BIND = "0.0.0.0"  # listen on every interface, as a DICOM node normally does
+DEFAULT_PORT = 11112  # the registered DICOM port (PS3.8 Annex G) that needs no root
+DEFAULT_DATA_DIR = Path("./var")  # instance files, outputs and the SQLite audit database
+DEFAULT_MODEL = "demo-unetplusplus"
+DEFAULT_WORKERS = 1  # inference threads; one suits a 2-core machine (the model uses the cores)
+RETRY_INITIAL_S = 5.0  # first delivery retry after this many seconds
+RETRY_MAX_S = 60.0  # backoff doubles up to this cap
+RETRY_MAX_ATTEMPTS = 30  # then the delivery is marked failed (about 25 minutes of outage at the cap)
+MAX_BACKLOG = 500  # jobs waiting; beyond this the SCP answers Out of Resources
+MIN_FREE_DISK_MB = 200  # below this free space the SCP answers Out of Resources
+MAX_PIXELS = 80_000_000  # rows x columns x frames accepted for decoding (refused before decoding)
+ACSE_TIMEOUT_S = 30.0
+DIMSE_TIMEOUT_S = 60.0
+
+_AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used."""
+
+
+def _check_ae(ae: str) -> str:
+    ae = ae.strip()
+    if not _AE_RE.match(ae) or "\\" in ae:
+        raise ConfigError(f"invalid AE title {ae!r}: 1-16 printable characters, no backslash")
+    return ae
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Destination:
+        """``AE@HOST:PORT``."""
+        m = re.match(r"^([^@]+)@(.+):(\d+)$", spec.strip())
+        if not m:
+            raise ConfigError(f"destination {spec!r} is not AE@HOST:PORT")
+        port = int(m.group(3))
+        if not 0 < port < 65536:
+            raise ConfigError(f"destination port {port} out of range")
+        return cls(_check_ae(m.group(1)), m.group(2).strip("[]"), port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which model and destinations serve an instance. Empty criteria match anything."""
+
+    model: str
+    destinations: tuple[Destination, ...] = ()
+    called_ae: str | None = None
+    calling_ae: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    view_position: str | None = None
+
+    def matches(self, called_ae: str, calling_ae: str, modality: str, body_part: str, view: str) -> bool:
+        pairs = (
+            (self.called_ae, called_ae),
+            (self.calling_ae, calling_ae),
+            (self.modality, modality),
+            (self.body_part, body_part),
+            (self.view_position, view),
+        )
+        return all(want is None or want.strip().upper() == (have or "").strip().upper() for want, have in pairs)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ae_title: str = DEFAULT_AE_TITLE
+    bind: str = DEFAULT_BIND
+    port: int = DEFAULT_PORT
+    data_dir: Path = DEFAULT_DATA_DIR
+    model: str = DEFAULT_MODEL
+    destinations: tuple[Destination, ...] = ()
+    routes: tuple[Route, ...] = ()  # extra routes, tried in order before the default route
+    allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE
+    workers: int = DEFAULT_WORKERS
+    retry_initial_s: float = RETRY_INITIAL_S
+    retry_max_s: float = RETRY_MAX_S
+    retry_max_attempts: int = RETRY_MAX_ATTEMPTS
+    max_backlog: int = MAX_BACKLOG
+    min_free_disk_mb: int = MIN_FREE_DISK_MB
+    max_pixels: int = MAX_PIXELS
+    acse_timeout_s: float = ACSE_TIMEOUT_S
+    dimse_timeout_s: float = DIMSE_TIMEOUT_S
+    flip_agreement: bool = True
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "spinenode.db"
+
+    def all_routes(self) -> tuple[Route, ...]:
+        """Configured routes, then the default route (our AE title -> default model and destinations)."""
+        return (*self.routes, Route(self.model, self.destinations))
+
+    def route_for(self, called_ae: str, calling_ae: str, modality: str, body_part: str, view: str) -> Route:
+        for route in self.all_routes():
+            if route.matches(called_ae, calling_ae, modality, body_part, view):
+                return route
+        return self.all_routes()[-1]
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
+    """Read the TOML file (explicit path, $SPINENODE_CONFIG, or the project default) and apply overrides.
+
+    Overrides whose value is None (flags not given) are ignored.
+    """
+    if path is None:
+        env = os.environ.get(CONFIG_ENV)
+        path = Path(env) if env else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None)
+    values: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        values = _from_toml(raw)
+    values.update({k: v for k, v in overrides.items() if v is not None and v != () and v != []})
+    cfg = NodeConfig(**values)
+    return _validated(cfg)
+
+
+def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
+    node = dict(raw.get("node", {}))
+    out: dict[str, Any] = {}
+    simple = {
+        "ae_title", "bind", "port", "model", "workers", "max_backlog", "min_free_disk_mb", "max_pixels",
+        "acse_timeout_s", "dimse_timeout_s", "flip_agreement",
+    }
+    for key in simple & node.keys():
+        out[key] = node[key]
+    if "data_dir" in node:
+        out["data_dir"] = Path(node["data_dir"])
+    if "destinations" in node:
+        out["destinations"] = tuple(Destination.parse(d) for d in node["destinations"])
+    if "allowed_calling_aes" in node:
+        out["allowed_calling_aes"] = tuple(_check_ae(a) for a in node["allowed_calling_aes"])
+    retry = raw.get("retry", {})
+    for key, name in (("initial_s", "retry_initial_s"), ("max_s", "retry_max_s"), ("max_attempts", "retry_max_attempts")):
+        if key in retry:
+            out[name] = retry[key]
+    routes = []
+    for r in raw.get("routes", []):
+        routes.append(
+            Route(
+                model=r["model"],
+                destinations=tuple(Destination.parse(d) for d in r.get("destinations", [])),
+                called_ae=r.get("called_ae"),
+                calling_ae=r.get("calling_ae"),
+                modality=r.get("modality"),
+                body_part=r.get("body_part"),
+                view_position=r.get("view_position"),
+            )
+        )
+    if routes:
+        out["routes"] = tuple(routes)
+    unknown = set(node) - simple - {"data_dir", "destinations", "allowed_calling_aes"}
+    if unknown:
+        raise ConfigError(f"unknown [node] keys: {', '.join(sorted(unknown))}")
+    return out
+
+
+def _validated(cfg: NodeConfig) -> NodeConfig:
+    _check_ae(cfg.ae_title)
+    if not 0 <= cfg.port < 65536:
+        raise ConfigError(f"port {cfg.port} out of range")
+    if cfg.workers < 0:
+        raise ConfigError("workers must be 0 or more")
+    if cfg.retry_initial_s <= 0 or cfg.retry_max_s < cfg.retry_initial_s or cfg.retry_max_attempts < 1:
+        raise ConfigError("retry settings: need 0 < initial_s <= max_s and max_attempts >= 1")
+    return replace(cfg, data_dir=Path(cfg.data_dir), ae_title=cfg.ae_title.strip())
+
+
+__all__ = ["ConfigError", "Destination", "NodeConfig", "Route", "field", "load_config"]

@@ -1,0 +1,98 @@
+"""The composition root: builds the node's parts from one typed config and wires them together.
+
+Read top to bottom: database and storage, the job queue, models, the processor and its workers, the
+sender, and the receiver that feeds the queue. ``start`` recovers unfinished work first; ``stop`` stops
+intake, lets workers finish the jobs in hand (others stay queued for the next start) and stops sending.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from dicom_node.audit import AuditDB, DeliveryRecord, DeliveryState, JobRecord, JobState
+from dicom_node.config import NodeConfig
+from dicom_node.jobs import JobQueue
+from dicom_node.processing import Processor, WorkerPool
+from dicom_node.scp import Receiver
+from dicom_node.sender import Sender
+from dicom_node.storage import Storage
+from inference.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    config: NodeConfig
+    db: AuditDB
+    storage: Storage
+    queue: JobQueue
+    models: ModelRegistry
+    processor: Processor
+    workers: WorkerPool
+    sender: Sender
+    receiver: Receiver
+    port: int = 0
+
+    @classmethod
+    def compose(cls, config: NodeConfig, models: ModelRegistry | None = None) -> Node:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = AuditDB(config.db_path)
+        storage = Storage(config.data_dir)
+        queue = JobQueue(db)
+        models = models or ModelRegistry()
+        processor = Processor(db, storage, models, flip_agreement=config.flip_agreement)
+        sender = Sender(config, db)
+        workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify)
+        receiver = Receiver(config, db, storage, on_job=queue.notify)
+        return cls(config, db, storage, queue, models, processor, workers, sender, receiver)
+
+    def start(self, preload: bool = True) -> int:
+        recovered = self.queue.recover()
+        if recovered:
+            log.info("re-queued %d unfinished job(s) from an earlier run", recovered)
+        if preload and self.config.workers:
+            self.models.get(self.config.model)  # load the default model before accepting work
+            for route in self.config.routes:
+                self.models.get(route.model)
+        self.db.record_event("start", f"AE {self.config.ae_title}, model {self.config.model}")
+        self.workers.start()
+        self.sender.start()
+        self.port = self.receiver.start()
+        return self.port
+
+    def stop(self) -> None:
+        log.info("stopping: no new instances, finishing jobs in hand")
+        self.receiver.stop()
+        self.workers.stop()
+        self.sender.stop()
+        self.db.record_event("stop")
+        self.db.dispose()
+
+    def health(self) -> dict[str, object]:
+        with self.db.session() as s:
+            def count(model: type, *where: object) -> int:
+                return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+            queue = {
+                "pending": count(JobRecord, JobRecord.state.in_((JobState.RECEIVED, JobState.QUEUED))),
+                "running": count(JobRecord, JobRecord.state == JobState.RUNNING),
+                "failed": count(JobRecord, JobRecord.state == JobState.FAILED),
+            }
+            deliveries = {
+                "pending": count(DeliveryRecord, DeliveryRecord.state == DeliveryState.PENDING),
+                "failed": count(DeliveryRecord, DeliveryRecord.state == DeliveryState.FAILED),
+            }
+        models = self.models.status()
+        degraded = any(m["error"] for m in models) or deliveries["failed"] > 0
+        return {
+            "status": "degraded" if degraded else "healthy",
+            "dicom": {"ae_title": self.config.ae_title, "port": self.port, "accepting": self.receiver.accepting},
+            "models": models,
+            "queue": queue,
+            "deliveries": deliveries,
+            "device": "cpu",
+        }

@@ -1,0 +1,169 @@
+"""Workers: take a job, segment its instance, write SEG + SR + SC durably, schedule their deliveries.
+
+A job's outputs, their deliveries and its ``done`` state are committed in one transaction after the
+files are on disk, so a crash at any point either leaves the job to be re-run (same deterministic UIDs)
+or finished - never half-recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from dicom_node.audit import (
+    AuditDB,
+    DeliveryRecord,
+    DeliveryState,
+    JobRecord,
+    JobState,
+    JobTransition,
+    OutputKind,
+    OutputRecord,
+    utcnow,
+)
+from dicom_node.jobs import JobQueue
+from dicom_node.storage import Storage, dataset_bytes, write_durably
+from dicom_node.writers.outputs import build_outputs
+from inference.engine import Prediction
+from inference.preprocess import from_dataset
+from inference.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 1.0  # a worker with nothing to do re-checks the queue this often (it is also woken)
+
+
+def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
+    """PixelSpacing, else ImagerPixelSpacing (row, column spacing in mm), else None."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            try:
+                row, col = float(value[0]), float(value[1])
+            except (TypeError, ValueError):
+                continue
+            if row > 0 and col > 0:
+                return row, col
+    return None
+
+
+@dataclass
+class JobResult:
+    prediction: Prediction
+    outputs: dict[OutputKind, Dataset]
+
+
+class Processor:
+    """Runs one job end to end (used by the worker threads, ``spinenode segment`` and the benchmark)."""
+
+    def __init__(self, db: AuditDB, storage: Storage, models: ModelRegistry, flip_agreement: bool = True) -> None:
+        self.db = db
+        self.storage = storage
+        self.models = models
+        self.flip_agreement = flip_agreement
+
+    def segment(self, ds: Dataset, model: str) -> JobResult:
+        engine = self.models.get(model)
+        prepared = from_dataset(ds)
+        prediction = engine.predict(prepared, pixel_spacing_mm(ds), flip_agreement=self.flip_agreement)
+        built = build_outputs(ds, prediction, engine.card, display_image=prepared.image)
+        outputs = {OutputKind.SEG: built.seg, OutputKind.SR: built.sr, OutputKind.SC: built.sc}
+        return JobResult(prediction, outputs)
+
+    def run(self, job_id: int) -> None:
+        start = time.perf_counter()
+        with self.db.session() as s:
+            job = s.get(JobRecord, job_id)
+            assert job is not None
+            path, model, destinations = job.instance.path, job.model, list(job.destinations)
+            study_uid = job.instance.study_instance_uid
+        ds = dcmread(path)
+        result = self.segment(ds, model)
+        files = {}
+        for kind, out in result.outputs.items():
+            out_path = self.storage.output_path(study_uid, str(out.SOPInstanceUID))
+            write_durably(out_path, dataset_bytes(out))
+            files[kind] = out_path
+        total_ms = (time.perf_counter() - start) * 1000
+        with self.db.session() as s:
+            job = s.get(JobRecord, job_id)
+            assert job is not None
+            existing = {o.kind: o for o in s.scalars(select(OutputRecord).where(OutputRecord.job_id == job_id))}
+            for kind, out in result.outputs.items():
+                rec = existing.get(kind)
+                if rec is None:
+                    rec = OutputRecord(job_id=job_id, kind=kind)
+                    s.add(rec)
+                rec.sop_class_uid = str(out.SOPClassUID)
+                rec.sop_instance_uid = str(out.SOPInstanceUID)
+                rec.series_instance_uid = str(out.SeriesInstanceUID)
+                rec.path = str(files[kind])
+                s.flush()
+                have = {d.destination for d in rec.deliveries}
+                for dest in destinations:
+                    if dest not in have:
+                        s.add(DeliveryRecord(output_id=rec.id, destination=dest, state=DeliveryState.PENDING))
+            job.model_version = result.prediction.model_version
+            job.inference_ms = round(result.prediction.inference_ms, 1)
+            job.total_ms = round(total_ms, 1)
+            job.metrics = result.prediction.to_json()
+            job.state = JobState.DONE
+            job.finished_at = utcnow()
+            job.error = None
+            s.add(JobTransition(job_id=job_id, state=JobState.DONE))
+        log.info("job %d done: %s in %.0f ms (inference %.0f ms)", job_id, model, total_ms,
+                 result.prediction.inference_ms)
+
+
+class WorkerPool:
+    """``n`` threads taking jobs from the queue until stopped."""
+
+    def __init__(self, queue: JobQueue, processor: Processor, n: int, on_done: Callable[[], None]) -> None:
+        self.queue = queue
+        self.processor = processor
+        self.n = n
+        self.on_done = on_done
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.busy = 0
+
+    def start(self) -> None:
+        for i in range(self.n):
+            t = threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the jobs in hand, take no more."""
+        self._stop.set()
+        self.queue.notify()
+        for t in self._threads:
+            t.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            job_id = self.queue.claim()
+            if job_id is None:
+                self.queue.wait(IDLE_POLL_S)
+                continue
+            self.busy += 1
+            try:
+                self.processor.run(job_id)
+            except Exception as exc:  # any failure of one job is recorded; the worker carries on
+                reason = f"{type(exc).__name__}: {exc}"
+                log.exception("job %d failed", job_id)
+                self.queue.finish(job_id, JobState.FAILED, reason, error=reason)
+                self.processor.db.record_event("job_failed", reason, job_id=job_id)
+            finally:
+                self.busy -= 1
+            self.on_done()
+
+
+__all__ = ["JobResult", "Processor", "WorkerPool", "pixel_spacing_mm"]

@@ -1,0 +1,101 @@
+"""``spinenode audit``: recent jobs with their outputs and delivery state, as JSON or a table."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from dicom_node.audit import AuditDB, EventRecord, JobRecord, OutputRecord
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") + "Z" if value else None
+
+
+def job_view(job: JobRecord) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "sop_instance_uid": job.instance.sop_instance_uid,
+        "study_instance_uid": job.instance.study_instance_uid,
+        "sop_class_uid": job.instance.sop_class_uid,
+        "model": job.model,
+        "model_version": job.model_version,
+        "attempts": job.attempts,
+        "inference_ms": job.inference_ms,
+        "total_ms": job.total_ms,
+        "error": job.error,
+        "received_at": _iso(job.created_at),
+        "finished_at": _iso(job.finished_at),
+        "transitions": [{"state": t.state.value, "at": _iso(t.at), "detail": t.detail} for t in job.transitions],
+        "metrics": job.metrics,
+        "outputs": [
+            {
+                "kind": o.kind.value,
+                "sop_class_uid": o.sop_class_uid,
+                "sop_instance_uid": o.sop_instance_uid,
+                "deliveries": [
+                    {
+                        "destination": d.destination,
+                        "state": d.state.value,
+                        "attempts": d.attempts,
+                        "last_status": d.last_status,
+                        "last_error": d.last_error,
+                        "delivered_at": _iso(d.delivered_at),
+                    }
+                    for d in o.deliveries
+                ],
+            }
+            for o in job.outputs
+        ],
+    }
+
+
+def audit_report(db: AuditDB, since: str | None = None, limit: int = 50) -> dict[str, Any]:
+    with db.session() as s:
+        q = (
+            select(JobRecord)
+            .options(
+                selectinload(JobRecord.instance),
+                selectinload(JobRecord.transitions),
+                selectinload(JobRecord.outputs).selectinload(OutputRecord.deliveries),
+            )
+            .order_by(JobRecord.id.desc())
+            .limit(limit)
+        )
+        eq = select(EventRecord).order_by(EventRecord.id.desc()).limit(limit)
+        if since:
+            when = datetime.fromisoformat(since.rstrip("Z"))
+            q = q.where(JobRecord.created_at >= when)
+            eq = eq.where(EventRecord.at >= when)
+        jobs = [job_view(j) for j in s.scalars(q)]
+        events = [
+            {"at": _iso(e.at), "kind": e.kind, "sop_instance_uid": e.sop_instance_uid, "status": e.status,
+             "detail": e.detail}
+            for e in s.scalars(eq)
+        ]
+    return {"jobs": jobs, "events": events}
+
+
+def format_audit(report: dict[str, Any]) -> str:
+    lines = [f"{'job':>5} {'state':8} {'model':24} {'ms':>7}  outputs (delivered/total)  instance"]
+    for j in report["jobs"]:
+        deliveries = [d for o in j["outputs"] for d in o["deliveries"]]
+        done = sum(d["state"] == "delivered" for d in deliveries)
+        kinds = "+".join(o["kind"].upper() for o in j["outputs"]) or "-"
+        ms = f"{j['total_ms']:.0f}" if j["total_ms"] else "-"
+        lines.append(
+            f"{j['id']:>5} {j['state']:8} {j['model']:24} {ms:>7}  {kinds:11} {done}/{len(deliveries):<12} "
+            f"{j['sop_instance_uid']}" + (f"  error: {j['error']}" if j["error"] else "")
+        )
+    refused = [e for e in report["events"] if e["kind"] in ("refused", "job_failed")]
+    if refused:
+        lines.append("")
+        lines.append("recent refusals/failures:")
+        for e in refused[:20]:
+            status = f"0x{e['status']:04X}" if e["status"] is not None else ""
+            lines.append(f"  {e['at']} {e['kind']} {status} {e['sop_instance_uid'] or ''} {e['detail'] or ''}")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""The DICOM Segmentation (SEG) of one prediction: a BINARY SEG with the segments "Spine" and "T1 vertebra".
+
+The SEG is built with ``highdicom.seg.Segmentation`` and then completed where highdicom leaves a single
+2D projection image (no Frame of Reference) short:
+
+* Patient Orientation is copied from the source (highdicom leaves it out; it is type 2C for SEG).
+* Pixel Measures come from Imager Pixel Spacing when the source has no Pixel Spacing (highdicom only
+  reads Pixel Spacing).
+* A shared Plane Orientation (Patient) is added so that OHIF (>= 3.9) can load a SEG of a 2D image: its
+  loader reads the orientation of the SEG and compares it with that of the source, for which it assumes
+  rows along +x and columns along +y when the source has none.
+* Every frame keeps its Derivation Image Sequence (Weasis and OHIF match SEG frames to the source image
+  through it) and the SEG keeps its Referenced Series Sequence (OHIF finds the source series with it);
+  both are checked and added if a highdicom version leaves them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from dicom_node.uids import tracking_uid
+from inference.classes import CLASS_COLOURS, SpineClass
+from inference.model_card import ModelCard
+
+ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
+SEGMENT_CATEGORY = codes.SCT.AnatomicalStructure
+SPINE_SEGMENT = 1
+T1_SEGMENT = 2
+CONTENT_LABEL = "SPINENODE"
+INSTANCE_NUMBER = 1
+# Slice thickness recorded with a projection image's spacing: a radiograph has no slice, the value only
+# completes the Pixel Measures (the SEG frames are not part of a volume).
+PROJECTION_SLICE_THICKNESS_MM = 1.0
+# Orientation OHIF assumes for a 2D image without Image Orientation (Patient): rows +x, columns +y.
+DEFAULT_2D_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+SEGMENTATION_DERIVATION = codes.DCM.Segmentation
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One segment of the SEG: its number, label, coded type and the label classes it covers."""
+
+    number: int
+    label: str
+    tracking_id: str
+    property_type: Code
+    classes: tuple[SpineClass, ...]
+    colour: tuple[int, int, int]
+
+    def mask(self, labels: np.ndarray) -> np.ndarray:
+        """The segment's pixels in a label image."""
+        if len(self.classes) == 1:
+            return labels == self.classes[0]
+        return np.isin(labels, self.classes)
+
+
+SEGMENTS: tuple[SegmentSpec, ...] = (
+    SegmentSpec(
+        SPINE_SEGMENT,
+        "Spine",
+        "Spine",
+        codes.SCT.Spine,
+        (SpineClass.V, SpineClass.T1),
+        CLASS_COLOURS[SpineClass.V],
+    ),
+    SegmentSpec(
+        T1_SEGMENT,
+        "T1 vertebra",
+        "T1 vertebra",
+        codes.SCT.T1Vertebra,
+        (SpineClass.T1,),
+        CLASS_COLOURS[SpineClass.T1],
+    ),
+)
+
+
+def algorithm_identification(card: ModelCard) -> hd.AlgorithmIdentificationSequence:
+    """The model as the SEG's Segment Algorithm Identification (name, weights version, AI family)."""
+    return hd.AlgorithmIdentificationSequence(name=card.name, family=ALGORITHM_FAMILY, version=card.version)
+
+
+def segment_descriptions(card: ModelCard, source_sop_uid: str) -> list[hd.seg.SegmentDescription]:
+    """Segment descriptions with tracking identifiers shared with the SR's measurement groups."""
+    algorithm = algorithm_identification(card)
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=spec.number,
+            segment_label=spec.label,
+            segmented_property_category=SEGMENT_CATEGORY,
+            segmented_property_type=spec.property_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=tracking_uid(source_sop_uid, card.name, card.weights_sha256, spec.label),
+            tracking_id=spec.tracking_id,
+            display_color=hd.color.CIELabColor.from_rgb(*spec.colour),
+        )
+        for spec in SEGMENTS
+    ]
+
+
+def segment_array(labels: np.ndarray) -> np.ndarray:
+    """(1, rows, columns, segments) boolean array of the segments, in segment-number order."""
+    planes = np.empty((1, *labels.shape, len(SEGMENTS)), dtype=bool)
+    for index, spec in enumerate(SEGMENTS):
+        planes[0, :, :, index] = spec.mask(labels)
+    return planes
+
+
+def pixel_measures_for(source: Dataset) -> hd.PixelMeasuresSequence | None:
+    """Pixel Measures to pass to highdicom: from Imager Pixel Spacing when the source has only that.
+
+    With Pixel Spacing in the source (or no spacing at all) highdicom's own choice is kept (``None``).
+    """
+    if "PixelSpacing" in source or "ImagerPixelSpacing" not in source:
+        return None
+    spacing = [float(v) for v in source.ImagerPixelSpacing]
+    thickness = float(source.get("SliceThickness") or PROJECTION_SLICE_THICKNESS_MM)
+    return hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=thickness)
+
+
+def _source_reference_item(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item
+
+
+def _ensure_references(seg: hd.seg.Segmentation, source: Dataset) -> None:
+    """Referenced Series Sequence and a per-frame Derivation Image Sequence pointing at the source."""
+    if "ReferencedSeriesSequence" not in seg:
+        series = Dataset()
+        series.SeriesInstanceUID = source.SeriesInstanceUID
+        series.ReferencedInstanceSequence = [_source_reference_item(source)]
+        seg.ReferencedSeriesSequence = [series]
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        if "DerivationImageSequence" in frame:
+            continue
+        image = _source_reference_item(source)
+        image.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(SOURCE_IMAGE_PURPOSE)]
+        image.SpatialLocationsPreserved = "YES"
+        derivation = Dataset()
+        derivation.SourceImageSequence = [image]
+        derivation.DerivationCodeSequence = [hd.sr.CodedConcept.from_code(SEGMENTATION_DERIVATION)]
+        frame.DerivationImageSequence = [derivation]
+
+
+def _complete_2d_geometry(seg: hd.seg.Segmentation, source: Dataset) -> None:
+    """Patient Orientation and a readable Plane Orientation for a source without a Frame of Reference."""
+    if "PatientOrientation" not in seg:
+        seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    if "FrameOfReferenceUID" in source:
+        return
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared:
+        shared.PlaneOrientationSequence = hd.PlaneOrientationSequence(
+            coordinate_system=hd.CoordinateSystemNames.PATIENT, image_orientation=DEFAULT_2D_ORIENTATION
+        )
+
+
+def build_segmentation(
+    source: Dataset,
+    labels: np.ndarray,
+    card: ModelCard,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    manufacturer: str,
+    series_description: str,
+    content_description: str,
+    software_versions: str | Sequence[str],
+) -> hd.seg.Segmentation:
+    """The BINARY SEG of ``labels`` (uint8, SpineClass values, the source's rows and columns)."""
+    rows, cols = int(source.Rows), int(source.Columns)
+    if labels.shape != (rows, cols):
+        raise ValueError(f"labels of shape {labels.shape} do not match the source image ({rows}, {cols})")
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=segment_array(labels),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(card, source.SOPInstanceUID),
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=INSTANCE_NUMBER,
+        manufacturer=manufacturer,
+        manufacturer_model_name=card.display_name or card.name,
+        software_versions=software_versions if isinstance(software_versions, str) else tuple(software_versions),
+        device_serial_number=card.version,
+        content_label=CONTENT_LABEL,
+        content_description=content_description,
+        pixel_measures=pixel_measures_for(source),
+        omit_empty_frames=False,
+        series_description=series_description,
+    )
+    _complete_2d_geometry(seg, source)
+    _ensure_references(seg, source)
+    return seg
+
+
+__all__ = [
+    "SEGMENTS",
+    "SPINE_SEGMENT",
+    "T1_SEGMENT",
+    "SegmentSpec",
+    "algorithm_identification",
+    "build_segmentation",
+    "pixel_measures_for",
+    "segment_array",
+    "segment_descriptions",
+]

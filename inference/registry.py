@@ -1,0 +1,45 @@
+"""Loaded models, by name: each is loaded once on first use and kept warm."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from inference.engine import Engine
+from inference.model_card import find_card, list_cards
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+        self._engines: dict[str, Engine] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Engine:
+        """The engine for ``name``; raises KeyError (unknown model) or the load error."""
+        with self._lock:
+            engine = self._engines.get(name)
+            if engine is None:
+                try:
+                    engine = Engine(find_card(name, self.root))
+                except Exception as exc:
+                    self._errors[name] = f"{type(exc).__name__}: {exc}"
+                    raise
+                self._engines[name] = engine
+                self._errors.pop(name, None)
+                log.info("model %s loaded (%s, version %s)", name, engine.card.architecture, engine.card.version)
+            return engine
+
+    def status(self) -> list[dict[str, object]]:
+        """Every model on disk with whether it is loaded (and why not, if loading failed)."""
+        cards = {c.name: c for c in list_cards(self.root)}
+        out = []
+        for name in sorted(set(cards) | set(self._engines) | set(self._errors)):
+            card = cards.get(name)
+            out.append({"name": name, "loaded": name in self._engines, "demo": bool(card and card.demo),
+                        "error": self._errors.get(name)})
+        return out
