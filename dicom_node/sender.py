@@ -15,7 +15,6 @@ from datetime import timedelta
 
 from pydicom import dcmread
 from pynetdicom import AE
-from pynetdicom.presentation import build_context
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 
@@ -40,7 +39,7 @@ def send_files(ae_title: str, dest: Destination, paths: list[str], timeout: floa
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "association failed (peer unreachable?)"

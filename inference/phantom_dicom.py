@@ -4,8 +4,8 @@
 each module, so what is in the file can be read against the standard table by table. The result is a
 single-frame, uncompressed, Explicit VR Little Endian object that passes ``dciodvfy`` without errors.
 
-All UIDs are derived from the phantom's seed, so the same seed always gives the same study, series and
-instance. The true Cobb angle is recorded in ImageComments.
+All UIDs are name-based UUIDs (``2.25.`` form) of the phantom's seed, so the same seed always gives the
+same study, series and instance. The true Cobb angle is recorded in ImageComments.
 
 ``write_phantoms`` writes a numbered set of phantoms (DICOM or PNG with a label mask) and a
 ``phantoms.json`` index.
@@ -14,6 +14,7 @@ instance. The true Cobb angle is recorded in ImageComments.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,12 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DSfloat
 
 from inference.phantom import BITS_STORED, Phantom, make_phantom
 
 DX_PRESENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-IMPLEMENTATION_CLASS_UID = str(generate_uid(prefix=None, entropy_srcs=["spinenode-phantom-writer"]))
 IMPLEMENTATION_VERSION = "SPINENODE_PH1"
 UID_NAMESPACE = "spinenode-phantom"
 
@@ -52,13 +53,18 @@ DETECTOR_TYPE = "SCINTILLATOR"
 PRESENTATION_LUT = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}
 # MONOCHROME2: higher stored values are brighter ("+1"); MONOCHROME1 stores the inverse ("-1").
 INTENSITY_SIGN = {"MONOCHROME1": -1, "MONOCHROME2": 1}
-FORMATS = ("dcm", "png")
+FORMATS = ("dicom", "png")  # "dcm" is accepted as another name for "dicom"
 INDEX_FILE = "phantoms.json"
+
+
+def _name_uid(name: str) -> str:
+    """The ``2.25.`` UID of a name-based (RFC 4122 version 5) UUID: the same name, the same UID."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, f'{UID_NAMESPACE}:{name}').int}"
 
 
 def phantom_uid(seed: int, kind: str) -> str:
     """A deterministic ``2.25.`` UID for one object (``kind``: study, series, instance) of a phantom."""
-    return str(generate_uid(prefix=None, entropy_srcs=[UID_NAMESPACE, str(seed), kind]))
+    return _name_uid(f"{seed}/{kind}")
 
 
 def _code_item(code: tuple[str, str, str]) -> Dataset:
@@ -67,10 +73,9 @@ def _code_item(code: tuple[str, str, str]) -> Dataset:
     return item
 
 
-def _fmt_ds(value: float) -> str:
-    """A decimal string (VR DS, at most 16 characters) for ``value``."""
-    text = f"{value:.6g}"
-    return text if len(text) <= 16 else f"{value:.8e}"
+def _fmt_ds(value: float) -> DSfloat:
+    """A decimal string (VR DS, at most 16 characters) for ``value``, as precise as that allows."""
+    return DSfloat(value, auto_format=True)
 
 
 # --- modules ----------------------------------------------------------------------------------------
@@ -194,7 +199,7 @@ def _file_meta(sop_uid: str) -> FileMetaDataset:
     meta.MediaStorageSOPClassUID = DX_PRESENTATION_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = _name_uid("implementation")
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     return meta
 
@@ -241,7 +246,7 @@ def phantom_to_dataset(
 
 def _write_one(p: Phantom, out_dir: Path, fmt: str) -> str:
     stem = f"phantom-{p.seed}"
-    if fmt == "dcm":
+    if fmt == "dicom":
         name = f"{stem}.dcm"
         phantom_to_dataset(p).save_as(out_dir / name, enforce_file_format=True)
         return name
@@ -254,15 +259,15 @@ def _write_one(p: Phantom, out_dir: Path, fmt: str) -> str:
 
 
 def write_phantoms(
-    out_dir: str | Path, n: int, seed: int = 0, fmt: str = "dcm", height: int | None = None
+    out_dir: str | Path, n: int, seed: int = 0, fmt: str = "dicom", height: int | None = None
 ) -> list[dict[str, Any]]:
     """Write phantoms of seeds ``seed .. seed+n-1`` to ``out_dir`` and index them in ``phantoms.json``.
 
-    ``fmt`` ``"dcm"`` writes ``phantom-<seed>.dcm``; ``"png"`` writes the displayed image
+    ``fmt`` ``"dicom"`` (or ``"dcm"``) writes ``phantom-<seed>.dcm``; ``"png"`` writes the displayed image
     ``phantom-<seed>.png`` and its label mask ``phantom-<seed>-mask.png`` (pixel values are the class
     labels 0, 1, 2). Returns the index entries.
     """
-    fmt = "dcm" if fmt in ("dicom", "dcm") else fmt
+    fmt = "dicom" if fmt == "dcm" else fmt
     if fmt not in FORMATS:
         raise ValueError(f"unknown phantom format {fmt!r}: use one of {', '.join(FORMATS)}")
     if n < 1:

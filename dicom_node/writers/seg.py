@@ -41,7 +41,7 @@ PROJECTION_SLICE_THICKNESS_MM = 1.0
 # Orientation OHIF assumes for a 2D image without Image Orientation (Patient): rows +x, columns +y.
 DEFAULT_2D_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
-SEGMENTATION_DERIVATION = codes.DCM.Segmentation
+SEGMENTATION_DERIVATION = codes.DCM.SegmentationImageDerivation  # DCM 113076 "Segmentation"
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,7 @@ def build_segmentation(
     series_description: str,
     content_description: str,
     software_versions: str | Sequence[str],
+    content_qualification: str | None = None,
 ) -> hd.seg.Segmentation:
     """The BINARY SEG of ``labels`` (uint8, SpineClass values, the source's rows and columns)."""
     rows, cols = int(source.Rows), int(source.Columns)
@@ -200,6 +201,7 @@ def build_segmentation(
         pixel_measures=pixel_measures_for(source),
         omit_empty_frames=False,
         series_description=series_description,
+        content_qualification=content_qualification,
     )
     _complete_2d_geometry(seg, source)
     _ensure_references(seg, source)

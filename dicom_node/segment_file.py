@@ -1,0 +1,82 @@
+"""``spinenode segment FILE --out DIR``: the seed app's upload flow on the command line.
+
+For a DICOM file: SEG, SR and overlay SC (as the node would send them), an overlay PNG, a mask PNG and a
+metrics JSON. For a PNG or JPEG: the overlay PNG, the mask PNG and the metrics JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from dicom_node.config import load_config
+from dicom_node.processing import pixel_spacing_mm
+from dicom_node.storage import dataset_bytes, write_durably
+from dicom_node.writers.outputs import build_outputs
+from dicom_node.writers.overlay import display_rgb, render_overlay
+from inference.engine import Prediction
+from inference.preprocess import PreparedImage, from_dataset, from_image_file
+from inference.registry import ModelRegistry
+
+MASK_SCALE = 127  # mask PNG grey levels: V = 127, T1 = 254
+
+
+def _read(path: Path) -> tuple[PreparedImage, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return from_image_file(path), None
+    try:
+        ds = dcmread(path)
+    except (InvalidDicomError, OSError) as exc:
+        # not DICOM: perhaps an image file with another extension
+        try:
+            return from_image_file(path), None
+        except ValueError:
+            raise ValueError(f"{path.name}: neither DICOM nor a PNG/JPEG image ({exc})") from None
+    return from_dataset(ds), ds
+
+
+def segment_file(path: Path, out_dir: Path, model: str | None = None) -> dict[str, Any]:
+    model = model or load_config().model
+    prepared, ds = _read(path)
+    engine = ModelRegistry().get(model)
+    spacing = pixel_spacing_mm(ds) if ds is not None else None
+    prediction: Prediction = engine.predict(prepared, spacing)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = path.stem
+    written: dict[str, str] = {}
+    rgb = render_overlay(prediction.labels, prediction, engine.card, display_rgb(ds, prepared.image)
+                         if ds is not None else _grey_rgb(prepared.image))
+    written["overlay_png"] = _png(out_dir / f"{stem}-overlay.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    written["mask_png"] = _png(out_dir / f"{stem}-mask.png", (prediction.labels * MASK_SCALE).astype(np.uint8))
+    if ds is not None:
+        outputs = build_outputs(ds, prediction, engine.card, display_image=prepared.image)
+        for kind, obj in (("seg", outputs.seg), ("sr", outputs.sr), ("sc", outputs.sc)):
+            target = out_dir / f"{stem}-{kind}.dcm"
+            write_durably(target, dataset_bytes(obj))
+            written[kind] = str(target)
+    summary = {"input": str(path), **prediction.to_json(), "files": written}
+    metrics = out_dir / f"{stem}-metrics.json"
+    metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    summary["files"]["metrics_json"] = str(metrics)
+    return summary
+
+
+def _grey_rgb(image: np.ndarray) -> np.ndarray:
+    grey = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+
+
+def _png(path: Path, image: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"could not encode {path.name}")
+    write_durably(path, buf.tobytes())
+    return str(path)

@@ -1,0 +1,125 @@
+"""All outputs of one prediction: SEG, SR and overlay SC, in the source's study, with deterministic UIDs.
+
+``build_outputs`` decides what the three writers share: the manufacturer, series numbers and
+descriptions, software version, the demo disclaimer, and the UIDs (``dicom_node.uids``: the same source,
+model and weights always give the same series and instance UIDs; other weights give other UIDs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom_node import uids
+from dicom_node.writers.overlay import build_overlay
+from dicom_node.writers.seg import build_segmentation
+from dicom_node.writers.sr import build_measurement_report
+from inference.engine import Prediction
+from inference.model_card import DEMO_DISCLAIMER, ModelCard
+
+MANUFACTURER = "SpineNode"
+PACKAGE = "spinenode"
+SEG_SERIES_NUMBER = 901
+SR_SERIES_NUMBER = 902
+SC_SERIES_NUMBER = 903
+DEMO_TAG = "DEMO - NOT FOR DIAGNOSTIC USE"
+LO_MAX = 64  # maximum length of an LO value (descriptions)
+RESEARCH = "RESEARCH"  # Content Qualification of demo-model output
+
+
+@dataclass
+class Outputs:
+    """The three objects written for one prediction, in the order they are sent."""
+
+    seg: Dataset
+    sr: Dataset
+    sc: Dataset
+
+    def datasets(self) -> list[Dataset]:
+        """SEG, SR, SC (the SR references the SEG, so the SEG goes first)."""
+        return [self.seg, self.sr, self.sc]
+
+
+def software_version() -> str:
+    """The installed SpineNode version (``"unknown"`` when run from an uninstalled tree)."""
+    try:
+        return f"{PACKAGE} {version(PACKAGE)}"
+    except PackageNotFoundError:
+        return f"{PACKAGE} unknown"
+
+
+def disclaimer(card: ModelCard) -> str | None:
+    """The text demo-model output must carry, or ``None`` for other models."""
+    return DEMO_DISCLAIMER if card.demo else None
+
+
+def description(what: str, card: ModelCard) -> str:
+    """A series description (LO, at most 64 characters) that flags demo output."""
+    text = f"{what} {card.name}"
+    if card.demo:
+        text = f"{text[: LO_MAX - len(DEMO_TAG) - 3]} ({DEMO_TAG})"
+    return text[:LO_MAX]
+
+
+def build_outputs(
+    source: Dataset,
+    prediction: Prediction,
+    card: ModelCard,
+    *,
+    display_image: np.ndarray | None = None,
+) -> Outputs:
+    """Build SEG, SR and overlay SC for ``prediction`` (made by ``card``'s model) on ``source``.
+
+    ``display_image`` is the source as displayed (grey uint8 or [0, 1] float, or RGB); without it the
+    overlay prepares the image from the dataset.
+    """
+
+    def uid(kind: str) -> str:
+        return uids.output_uid(source.SOPInstanceUID, card.name, card.weights_sha256, kind)
+
+    software = software_version()
+    seg = build_segmentation(
+        source,
+        prediction.labels,
+        card,
+        series_uid=uid(uids.SEG_SERIES),
+        sop_uid=uid(uids.SEG),
+        series_number=SEG_SERIES_NUMBER,
+        manufacturer=MANUFACTURER,
+        series_description=description("Spine segmentation", card),
+        content_description=description("Spine and T1 by", card),
+        software_versions=software,
+        content_qualification=RESEARCH if card.demo else None,
+    )
+    sr = build_measurement_report(
+        source,
+        seg,
+        prediction,
+        card,
+        series_uid=uid(uids.SR_SERIES),
+        sop_uid=uid(uids.SR),
+        series_number=SR_SERIES_NUMBER,
+        manufacturer=MANUFACTURER,
+        series_description=description("Spine measurements", card),
+        software_versions=software,
+        disclaimer=disclaimer(card),
+    )
+    sc = build_overlay(
+        source,
+        prediction,
+        card,
+        series_uid=uid(uids.SC_SERIES),
+        sop_uid=uid(uids.SC),
+        series_number=SC_SERIES_NUMBER,
+        manufacturer=MANUFACTURER,
+        series_description=description("Spine overlay", card),
+        software_versions=software,
+        display_image=display_image,
+    )
+    return Outputs(seg=seg, sr=sr, sc=sc)
+
+
+__all__ = ["MANUFACTURER", "Outputs", "build_outputs", "description", "disclaimer"]

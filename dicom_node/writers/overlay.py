@@ -1,0 +1,251 @@
+"""The overlay: an RGB Secondary Capture of the source as displayed, with the segmentation burned in.
+
+Class V is tinted green and T1 red (``inference.classes.CLASS_COLOURS``), semi-transparent and outlined.
+A legend names the model and gives each class's area, coverage, mean probability and flip agreement;
+for demo models "NOT FOR DIAGNOSTIC USE" is burned in as well. The SC has the source's rows and
+columns, says BurnedInAnnotation YES and references its source (Source Image Sequence, Derivation
+Description).
+
+All pixel work is vectorised (a colour lookup, one blend and masked copies), so a 2500 x 1300 image
+costs milliseconds; text and outlines are drawn with OpenCV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from inference.classes import CLASS_COLOURS, FOREGROUND, SpineClass
+from inference.engine import ClassStats, Prediction
+from inference.model_card import ModelCard
+
+ALPHA = 0.4  # weight of the class colour in the tint
+OUTLINE_PX_PER_1000 = 2.0  # outline thickness per 1000 pixels of the shorter side
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+TEXT_COLOUR = (255, 255, 255)
+WARNING_COLOUR = (255, 215, 0)
+LEGEND_WIDTH_FRACTION = 0.94  # the longest legend line fills at most this much of the width
+MAX_FONT_SCALE_PER_1000 = 1.2  # font scale per 1000 pixels of the longer side, before fitting the width
+MIN_FONT_SCALE = 0.3
+LINE_SPACING = 1.5
+BACKDROP_DIM = 0.35  # brightness kept under the legend's backdrop
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
+SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+INSTANCE_NUMBER = 1
+PAIRED_LATERALITY = frozenset({"L", "R"})  # the values Laterality (General Series) allows
+# highdicom's SC constructor insists on a patient orientation; used only while building when the
+# source has none, and replaced by an empty (type 2) Patient Orientation afterwards.
+_PLACEHOLDER_ORIENTATION = ("L", "F")
+
+
+def display_rgb(source: Dataset, display_image: np.ndarray | None = None) -> np.ndarray:
+    """The source as displayed, as (rows, columns, 3) uint8 RGB.
+
+    ``display_image`` may be grey uint8, grey float in [0, 1] or RGB uint8; without it the image is
+    prepared from the dataset (modality LUT, VOI window, inversion) by ``inference.preprocess``.
+    """
+    if display_image is None:
+        from inference.preprocess import from_dataset
+
+        display_image = from_dataset(source).image
+    image = np.asarray(display_image)
+    if image.dtype != np.uint8:
+        image = (np.clip(image.astype(np.float32, copy=False), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return np.ascontiguousarray(image)
+    raise ValueError(f"display image of shape {image.shape} is neither grey nor RGB")
+
+
+def _colour_lut() -> np.ndarray:
+    """(256, 1, 3) lookup table from label value to class colour (black for background)."""
+    lut = np.zeros((256, 1, 3), np.uint8)
+    for cls, colour in CLASS_COLOURS.items():
+        lut[int(cls), 0] = colour
+    return lut
+
+
+COLOUR_LUT = _colour_lut()
+
+
+def tint(rgb: np.ndarray, labels: np.ndarray, alpha: float = ALPHA) -> None:
+    """Blend the class colours into ``rgb`` (in place) where ``labels`` has a foreground class."""
+    colours = cv2.LUT(cv2.merge((labels, labels, labels)), COLOUR_LUT)
+    blended = cv2.addWeighted(rgb, 1.0 - alpha, colours, alpha, 0.0)
+    cv2.copyTo(blended, (labels != SpineClass.F).view(np.uint8), rgb)
+
+
+def outline(rgb: np.ndarray, labels: np.ndarray) -> None:
+    """Outline each foreground class in its colour (in place)."""
+    thickness = max(1, round(min(labels.shape) * OUTLINE_PX_PER_1000 / 1000))
+    for cls in FOREGROUND:
+        mask = (labels == cls).view(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if contours:
+            cv2.drawContours(rgb, contours, -1, CLASS_COLOURS[cls], thickness, cv2.LINE_8)
+
+
+def _figure(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def class_lines(name: str, stats: ClassStats) -> list[str]:
+    """Two legend lines for one class: size, then probability and flip agreement."""
+    area = f"{stats.area:.0f} mm2" if stats.area_unit == "mm2" else f"{stats.area:.0f} px"
+    return [
+        f"{name}: {area}, {stats.coverage_percent:.1f}% of image",
+        f"  mean prob {_figure(stats.mean_confidence, '.2f')}, flip agreement"
+        f" Dice {_figure(stats.flip_dice, '.2f')} / Jaccard {_figure(stats.flip_jaccard, '.2f')}",
+    ]
+
+
+def legend_lines(prediction: Prediction, card: ModelCard) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend: model, then each class in its colour, then the demo warning."""
+    lines: list[tuple[str, tuple[int, int, int]]] = [
+        (card.display_name or card.name, TEXT_COLOUR),
+        (f"model {card.name} {card.version}", TEXT_COLOUR),
+    ]
+    for cls in FOREGROUND:
+        stats = prediction.classes.get(cls.name)
+        if stats is not None:
+            lines.extend((text, CLASS_COLOURS[cls]) for text in class_lines(cls.name, stats))
+    if card.demo:
+        lines.append((NOT_FOR_DIAGNOSIS, WARNING_COLOUR))
+    return lines
+
+
+def _font_scale(texts: Sequence[str], width: int, height: int) -> float:
+    widest = max(cv2.getTextSize(t, FONT, 1.0, 1)[0][0] for t in texts)
+    fit = LEGEND_WIDTH_FRACTION * width / max(widest, 1)
+    cap = MAX_FONT_SCALE_PER_1000 * max(width, height) / 1000
+    return max(MIN_FONT_SCALE, min(fit, cap))
+
+
+def _text_block(rgb: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], top: int) -> int:
+    """Draw ``lines`` on a dimmed backdrop from row ``top``; return the row below the block."""
+    rows, cols = rgb.shape[:2]
+    scale = _font_scale([t for t, _ in lines], cols, rows)
+    thickness = max(1, round(scale * 1.6))
+    line_h = int(cv2.getTextSize("Ag", FONT, scale, thickness)[0][1] * LINE_SPACING) + 2
+    margin = max(2, line_h // 3)
+    bottom = min(rows, top + margin * 2 + line_h * len(lines))
+    widest = max(cv2.getTextSize(t, FONT, scale, thickness)[0][0] for t, _ in lines)
+    right = min(cols, widest + 2 * margin)
+    backdrop = rgb[top:bottom, :right]
+    np.multiply(backdrop, BACKDROP_DIM, out=backdrop, casting="unsafe")
+    y = top + margin
+    for text, colour in lines:
+        y += line_h
+        cv2.putText(rgb, text, (margin, y - line_h // 4), FONT, scale, colour, thickness, cv2.LINE_AA)
+    return bottom
+
+
+def draw_legend(rgb: np.ndarray, prediction: Prediction, card: ModelCard) -> None:
+    """The legend at the top and, for demo models, the warning again across the bottom (in place)."""
+    _text_block(rgb, legend_lines(prediction, card), 0)
+    if card.demo:
+        rows, cols = rgb.shape[:2]
+        scale = _font_scale([NOT_FOR_DIAGNOSIS], cols, rows)
+        thickness = max(1, round(scale * 1.6))
+        block_h = int(cv2.getTextSize(NOT_FOR_DIAGNOSIS, FONT, scale, thickness)[0][1] * LINE_SPACING) + 2
+        _text_block(rgb, [(NOT_FOR_DIAGNOSIS, WARNING_COLOUR)], max(0, rows - block_h * 2))
+
+
+def render_overlay(labels: np.ndarray, prediction: Prediction, card: ModelCard, rgb: np.ndarray) -> np.ndarray:
+    """Tint, outline and annotate ``rgb`` (the displayed source, modified in place); return it."""
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(f"display image {rgb.shape[:2]} and labels {labels.shape} differ in size")
+    tint(rgb, labels)
+    outline(rgb, labels)
+    draw_legend(rgb, prediction, card)
+    return rgb
+
+
+def _source_image_item(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(SOURCE_IMAGE_PURPOSE)]
+    return item
+
+
+def _copy_anatomy(sc: Dataset, source: Dataset) -> None:
+    """Body Part Examined, and Laterality (type 2C, needed by validators when the body part is unknown)."""
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = source.BodyPartExamined
+    if source.get("Laterality"):
+        sc.Laterality = source.Laterality
+    elif "BodyPartExamined" not in sc:
+        image_laterality = str(source.get("ImageLaterality", ""))
+        sc.Laterality = image_laterality if image_laterality in PAIRED_LATERALITY else ""
+
+
+def build_overlay(
+    source: Dataset,
+    prediction: Prediction,
+    card: ModelCard,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    manufacturer: str,
+    series_description: str,
+    software_versions: str | Sequence[str],
+    display_image: np.ndarray | None = None,
+) -> hd.sc.SCImage:
+    """The overlay Secondary Capture of ``prediction`` on ``source``."""
+    rows, cols = int(source.Rows), int(source.Columns)
+    if prediction.labels.shape != (rows, cols):
+        raise ValueError(f"labels of shape {prediction.labels.shape} do not match the source ({rows}, {cols})")
+    pixels = render_overlay(prediction.labels, prediction, card, display_rgb(source, display_image))
+    orientation = source.get("PatientOrientation")
+    has_orientation = orientation is not None and len(orientation) == 2
+    pixel_spacing = source.get("PixelSpacing")
+    sc = hd.sc.SCImage(
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=INSTANCE_NUMBER,
+        manufacturer=manufacturer,
+        patient_id=source.get("PatientID"),
+        patient_name=source.get("PatientName"),
+        patient_birth_date=source.get("PatientBirthDate"),
+        patient_sex=source.get("PatientSex"),
+        accession_number=source.get("AccessionNumber"),
+        study_id=source.get("StudyID"),
+        study_date=source.get("StudyDate"),
+        study_time=source.get("StudyTime"),
+        referring_physician_name=source.get("ReferringPhysicianName"),
+        pixel_spacing=tuple(float(v) for v in pixel_spacing) if pixel_spacing else None,
+        patient_orientation=tuple(orientation) if has_orientation else _PLACEHOLDER_ORIENTATION,
+        series_description=series_description,
+        manufacturer_model_name=card.display_name or card.name,
+        software_versions=software_versions if isinstance(software_versions, str) else tuple(software_versions),
+        device_serial_number=card.version,
+        specific_character_set=source.get("SpecificCharacterSet"),
+    )
+    if not has_orientation:
+        sc.PatientOrientation = ""
+    sc.BurnedInAnnotation = "YES"
+    sc.SourceImageSequence = [_source_image_item(source)]
+    sc.DerivationDescription = (
+        f"Segmentation by {card.name} {card.version} burned into the displayed source: "
+        "V green, T1 red" + (f"; {NOT_FOR_DIAGNOSIS}" if card.demo else "")
+    )
+    _copy_anatomy(sc, source)
+    return sc
+
+
+__all__ = ["NOT_FOR_DIAGNOSIS", "build_overlay", "display_rgb", "legend_lines", "render_overlay"]

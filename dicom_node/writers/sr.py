@@ -1,0 +1,235 @@
+"""The TID 1500 Measurement Report of one prediction, as a Comprehensive 3D SR.
+
+One measurement group per SEG segment. Each group is highdicom's ROI flavour of "Measurements and
+Qualitative Evaluations" that references a whole segment (TID 1411 with DCM 121191 "Referenced Segment",
+no frame numbers: the planar TID 1410 form needs a "Referenced Segmentation Frame", which names a frame
+of a single-frame-per-segment SEG and a source frame that a single-frame radiograph does not have). The
+group carries the segment's Tracking Identifier and UID (the same as in the SEG), the algorithm (TID
+4019: model name, weights version, AI family) and these measurements:
+
+* area, SCT 42798000, in mm2 (or in ``{pixels}`` when the image has no pixel spacing);
+* mean probability: DCM 122157 "Probability" with derivation SCT 373098007 "Mean" (the mean of the
+  per-pixel maximum softmax over the segment);
+* coverage: the percentage of image pixels in the segment (private code, scheme 99SPINESEG);
+* flip agreement: Dice and Jaccard between the prediction and the prediction of the horizontally
+  flipped image (private codes whose meanings say exactly that; a stability signal, not an accuracy).
+
+Demo models get a "Comment" text with the disclaimer in every group. The document evidence lists only
+the source image and the SEG; the source is also described in the Image Library when highdicom can
+describe it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from dicom_node.uids import device_uid, tracking_uid
+from dicom_node.writers.seg import SEGMENT_CATEGORY, SEGMENTS, SegmentSpec
+from inference.engine import ClassStats, Prediction
+from inference.model_card import ModelCard
+
+log = logging.getLogger(__name__)
+
+PRIVATE_SCHEME = "99SPINESEG"
+PRIVATE_SCHEME_NAME = "SpineNode segmentation measures"
+PRIVATE_SCHEME_ORGANIZATION = "SpineNode"
+COVERAGE = Code("SPN-COVERAGE", PRIVATE_SCHEME, "Percentage of image pixels in segment")
+FLIP_DICE = Code("SPN-FLIP-DICE", PRIVATE_SCHEME, "Dice agreement with flipped-input prediction")
+FLIP_JACCARD = Code("SPN-FLIP-JACCARD", PRIVATE_SCHEME, "Jaccard agreement with flipped-input prediction")
+AREA = codes.SCT.Area
+PROBABILITY = codes.DCM.Probability
+MEAN = codes.SCT.Mean
+COMMENT = codes.DCM.Comment
+UNIT_MM2 = codes.UCUM.SquareMillimeter
+UNIT_PIXELS = Code("{pixels}", "UCUM", "Pixels")
+UNIT_PERCENT = codes.UCUM.Percent
+UNIT_RATIO = codes.UCUM.NoUnits
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"})
+INSTANCE_NUMBER = 1
+
+
+def coding_scheme() -> CodingSchemeIdentificationItem:
+    """The Coding Scheme Identification item that declares the private scheme."""
+    return CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME, name=PRIVATE_SCHEME_NAME, responsible_organization=PRIVATE_SCHEME_ORGANIZATION
+    )
+
+
+def segment_stats(spec: SegmentSpec, prediction: Prediction) -> ClassStats:
+    """Figures of one segment: a class's own figures, or the sum over the classes a segment unites.
+
+    For a union, pixels, area and coverage add up and the mean probability is the pixel-weighted mean.
+    Flip agreement is not additive, so a union has none unless the prediction carries figures under the
+    segment's label.
+    """
+    if spec.label in prediction.classes:
+        return prediction.classes[spec.label]
+    parts = [prediction.classes[c.name] for c in spec.classes]
+    if len(parts) == 1:
+        return parts[0]
+    pixels = sum(p.pixels for p in parts)
+    weighted = [(p.mean_confidence, p.pixels) for p in parts if p.mean_confidence is not None and p.pixels]
+    mean = sum(m * n for m, n in weighted) / sum(n for _, n in weighted) if weighted else None
+    return ClassStats(
+        pixels=pixels,
+        coverage_percent=sum(p.coverage_percent for p in parts),
+        area=sum(p.area for p in parts),
+        area_unit=parts[0].area_unit,
+        mean_confidence=mean,
+    )
+
+
+def measurements(stats: ClassStats) -> list[hd.sr.Measurement]:
+    """The numeric measurements of one segment; figures that are unknown are left out."""
+    area_unit = UNIT_MM2 if stats.area_unit == "mm2" else UNIT_PIXELS
+    items = [
+        hd.sr.Measurement(name=AREA, value=float(stats.area), unit=area_unit),
+        hd.sr.Measurement(name=COVERAGE, value=float(stats.coverage_percent), unit=UNIT_PERCENT),
+    ]
+    if stats.mean_confidence is not None:
+        items.append(
+            hd.sr.Measurement(name=PROBABILITY, value=float(stats.mean_confidence), unit=UNIT_RATIO, derivation=MEAN)
+        )
+    if stats.flip_dice is not None:
+        items.append(hd.sr.Measurement(name=FLIP_DICE, value=float(stats.flip_dice), unit=UNIT_RATIO))
+    if stats.flip_jaccard is not None:
+        items.append(hd.sr.Measurement(name=FLIP_JACCARD, value=float(stats.flip_jaccard), unit=UNIT_RATIO))
+    return items
+
+
+def measurement_group(
+    spec: SegmentSpec,
+    prediction: Prediction,
+    card: ModelCard,
+    source: Dataset,
+    seg: Dataset,
+    disclaimer: str | None,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """The measurement group of one segment, referencing that segment of the SEG as a whole."""
+    reference = hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=spec.number,
+        source_images=[
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=source.SOPClassUID, referenced_sop_instance_uid=source.SOPInstanceUID
+            )
+        ],
+    )
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(source.SOPInstanceUID, card.name, card.weights_sha256, spec.label),
+            identifier=spec.tracking_id,
+        ),
+        referenced_segment=reference,
+        finding_category=SEGMENT_CATEGORY,
+        finding_type=spec.property_type,
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name=card.name, version=card.version, family=codes.DCM.ArtificialIntelligence
+        ),
+        measurements=measurements(segment_stats(spec, prediction)),
+    )
+    if disclaimer:
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=COMMENT, value=disclaimer, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+        )
+    return group
+
+
+def observation_context(card: ModelCard, manufacturer: str) -> hd.sr.ObservationContext:
+    """The model as the device observer."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=device_uid(card.name, card.weights_sha256),
+        name=card.display_name or card.name,
+        manufacturer_name=manufacturer,
+        model_name=card.name,
+        serial_number=card.version,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def _library_images(source: Dataset) -> list[Dataset] | None:
+    """``[source]`` when highdicom can describe it in the Image Library, else ``None`` (library left out).
+
+    highdicom's descriptors need e.g. Patient Orientation and Imager Pixel Spacing for a radiograph.
+    """
+    try:
+        hd.sr.ImageLibraryEntryDescriptors(source)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        log.debug("source not described in the SR image library: %s", exc)
+        return None
+    return [source]
+
+
+def procedure_reported(source: Dataset) -> Code:
+    """CID 100 procedure: an X-ray for projection images, else a generic imaging procedure."""
+    if str(source.get("Modality", "")) in PROJECTION_MODALITIES:
+        return codes.cid100.XRUnspecifiedBodyRegion
+    return codes.cid100.ImagingProcedure
+
+
+def build_measurement_report(
+    source: Dataset,
+    seg: Dataset,
+    prediction: Prediction,
+    card: ModelCard,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    manufacturer: str,
+    series_description: str,
+    software_versions: str | Sequence[str],
+    disclaimer: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The Measurement Report for ``prediction`` on ``source``, referencing ``seg`` (already built)."""
+    groups = [measurement_group(spec, prediction, card, source, seg, disclaimer) for spec in SEGMENTS]
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(card, manufacturer),
+        procedure_reported=procedure_reported(source),
+        imaging_measurements=groups,
+        title=codes.cid7021.ImagingMeasurementReport,
+        referenced_images=_library_images(source),
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[source, seg],
+        content=report[0],
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=INSTANCE_NUMBER,
+        manufacturer=manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=series_description,
+        manufacturer_model_name=card.display_name or card.name,
+        software_versions=software_versions if isinstance(software_versions, str) else tuple(software_versions),
+        device_serial_number=card.version,
+        coding_schemes=[coding_scheme()],
+    )
+
+
+__all__ = [
+    "COVERAGE",
+    "FLIP_DICE",
+    "FLIP_JACCARD",
+    "PRIVATE_SCHEME",
+    "build_measurement_report",
+    "measurement_group",
+    "measurements",
+    "segment_stats",
+]

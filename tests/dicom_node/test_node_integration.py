@@ -1,0 +1,242 @@
+"""The node for real: dcmtk storescu -> SpineNode (loopback) -> dcmtk storescp, checked with dciodvfy.
+
+One in-process node (tiny real model) serves the module's tests; one test runs ``spinenode serve`` as
+a separate process on the shipped default model and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from dicom_node.audit import AssociationRecord, DeliveryState, JobRecord, JobState
+from dicom_node.config import Destination, NodeConfig
+from dicom_node.node import Node
+from dicom_node.report import audit_report
+from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu, wait_for_port
+from tests.dciodvfy import dciodvfy_errors
+
+PROJECT = Path(__file__).resolve().parents[2]
+SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
+
+
+@pytest.fixture(scope="module")
+def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
+    scp = StoreSCP(tmp_path_factory.mktemp("dest") / "received")
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: Path) -> Iterator[Node]:
+    os.environ["SPINENODE_MODELS_DIR"] = str(models_root)
+    cfg = NodeConfig(
+        data_dir=tmp_path_factory.mktemp("var"), port=free_port(), bind="127.0.0.1", model=TINY_MODEL,
+        destinations=(Destination.parse(dest.destination),), allowed_calling_aes=("STORESCU", "ECHOSCU"),
+    )
+    n = Node.compose(cfg)
+    n.start()
+    yield n
+    n.stop()
+
+
+def wait_until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError("condition not met in time")
+
+
+def delivered_count(node: Node) -> int:
+    return node.health()["deliveries"]["pending"] == 0 and sum(  # type: ignore[return-value]
+        1 for j in audit_report(node.db)["jobs"] for o in j["outputs"] for d in o["deliveries"]
+        if d["state"] == "delivered"
+    )
+
+
+def test_storescu_to_node_to_storescp(node: Node, dest: StoreSCP, phantom_files: list[Path]) -> None:
+    before = len(dest.files())
+    proc = storescu(node.port, phantom_files[0])
+    assert proc.returncode == 0, proc.stderr
+    files = dest.wait_for_files(before + 3)
+    source = dcmread(phantom_files[0])
+    got = {}
+    for f in files[before:]:
+        ds = dcmread(f)
+        got[ds.SOPClassUID] = (f, ds)
+    assert set(got) == {SEG, SR3D, SC}
+    for path, ds in got.values():
+        assert dciodvfy_errors(path) == [], path
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert ds.PatientID == source.PatientID
+    seg = got[SEG][1]
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    sc = got[SC][1]
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    sr = got[SR3D][1]
+    evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert source.SOPInstanceUID in evidence and seg.SOPInstanceUID in evidence
+
+    report = audit_report(node.db)
+    [job] = [j for j in report["jobs"] if j["sop_instance_uid"] == source.SOPInstanceUID]
+    assert job["state"] == "done" and job["model"] == TINY_MODEL
+    assert [t["state"] for t in job["transitions"]] == ["received", "queued", "running", "done"]
+    wait_until(lambda: all(d["state"] == "delivered" for o in audit_report(node.db)["jobs"][0]["outputs"]
+                           for d in o["deliveries"]))
+    assert job["metrics"]["classes"]["V"]["area_unit"] == "mm2"
+
+
+def test_resend_gives_same_uids_and_no_second_job(node: Node, dest: StoreSCP, phantom_files: list[Path]) -> None:
+    storescu(node.port, phantom_files[1])
+    wait_until(lambda: _job_state(node, phantom_files[1]) == JobState.DONE)
+    proc = storescu(node.port, phantom_files[1])
+    assert proc.returncode == 0
+    with node.db.session() as s:
+        sop = dcmread(phantom_files[1]).SOPInstanceUID
+        jobs = [j for j in s.scalars(select(JobRecord)) if j.instance.sop_instance_uid == sop]
+    assert len(jobs) == 1
+    assert any(e.kind == "duplicate" for e in node.db.events())
+
+
+def _job_state(node: Node, path: Path) -> JobState | None:
+    sop = dcmread(path).SOPInstanceUID
+    with node.db.session() as s:
+        for j in s.scalars(select(JobRecord)):
+            if j.instance.sop_instance_uid == sop:
+                return j.state
+    return None
+
+
+def test_echo_and_association_policy(node: Node) -> None:
+    echoscu = require_tool("echoscu")
+    ok = subprocess.run([echoscu, "-aet", "ECHOSCU", "-aec", "SPINENODE", "127.0.0.1", str(node.port)],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0
+    wrong_called = subprocess.run([echoscu, "-aet", "ECHOSCU", "-aec", "NOTUS", "127.0.0.1", str(node.port)],
+                                  capture_output=True, text=True, timeout=30)
+    intruder = subprocess.run([echoscu, "-aet", "INTRUDER", "-aec", "SPINENODE", "127.0.0.1", str(node.port)],
+                              capture_output=True, text=True, timeout=30)
+    assert wrong_called.returncode != 0 and intruder.returncode != 0
+    with node.db.session() as s:
+        rejected = {r.calling_ae: r.reason for r in s.scalars(select(AssociationRecord)) if not r.accepted}
+    assert "not in the allow-list" in rejected["INTRUDER"]
+    assert "is not ours" in rejected["ECHOSCU"]
+
+
+def test_refusals_reach_the_peer_with_status(node: Node, tmp_path: Path, phantom_files: list[Path]) -> None:
+    ds = dcmread(phantom_files[2])
+    ds.PixelData = ds.PixelData[:64]  # truncated pixel data: unusable
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad)
+    proc = storescu(node.port, bad)
+    assert "error: cannotunderstand" in (proc.stdout + proc.stderr).lower()  # dcmtk names 0xC000
+    assert any(e.kind == "refused" and e.status == 0xC000 for e in node.db.events())
+    assert storescu(node.port, phantom_files[2]).returncode == 0  # the node carries on
+
+
+def test_delivery_outage_is_retried_then_succeeds(tmp_path: Path, phantom_files: list[Path], models_root: Path) -> None:
+    port = free_port()
+    cfg = NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL,
+                     destinations=(Destination("LATE", "127.0.0.1", port),), retry_initial_s=0.5, retry_max_s=1.0)
+    n = Node.compose(cfg)
+    n.start()
+    try:
+        assert storescu(n.port, phantom_files[0]).returncode == 0
+        wait_until(lambda: _attempts(n) >= 2)  # destination down: attempts recorded, still pending
+        assert n.health()["deliveries"]["pending"] == 3
+        late = _storescp_on(tmp_path / "late", "LATE", port)  # the destination comes back
+        try:
+            late.wait_for_files(3, timeout=30)
+            wait_until(lambda: n.health()["deliveries"]["pending"] == 0)
+        finally:
+            late.stop()
+        report = audit_report(n.db)
+        deliveries = [d for o in report["jobs"][0]["outputs"] for d in o["deliveries"]]
+        assert all(d["state"] == DeliveryState.DELIVERED.value for d in deliveries)
+        assert all(d["attempts"] >= 2 for d in deliveries)
+    finally:
+        n.stop()
+
+
+def _attempts(n: Node) -> int:
+    report = audit_report(n.db)
+    ds = [d for j in report["jobs"] for o in j["outputs"] for d in o["deliveries"]]
+    return min((d["attempts"] for d in ds), default=0)
+
+
+def _storescp_on(folder: Path, ae: str, port: int) -> StoreSCP:
+    scp = StoreSCP.__new__(StoreSCP)
+    scp.folder, scp.ae_title, scp.port = folder, ae, port
+    folder.mkdir(parents=True, exist_ok=True)
+    scp.proc = subprocess.Popen([require_tool("storescp"), "--aetitle", ae, "--output-directory", str(folder),
+                                 "--accept-all", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return scp
+
+
+def test_restart_runs_jobs_left_running(tmp_path: Path, phantom_files: list[Path]) -> None:
+    cfg = NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL, workers=0)
+    n = Node.compose(cfg)
+    n.start(preload=False)
+    assert storescu(n.port, phantom_files[0]).returncode == 0
+    job_id = n.queue.claim()  # as if a worker took it and the process died
+    assert job_id is not None
+    n.stop()
+    n2 = Node.compose(replace(cfg, workers=1, port=free_port()))
+    n2.start()
+    try:
+        wait_until(lambda: n2.health()["queue"] == {"pending": 0, "running": 0, "failed": 0})
+        with n2.db.session() as s:
+            job = s.get(JobRecord, job_id)
+            assert job is not None and job.state == JobState.DONE and job.attempts == 2
+        assert any(e.kind == "recovered" for e in n2.db.events())
+    finally:
+        n2.stop()
+
+
+@pytest.mark.slow
+def test_serve_cli_on_shipped_default_model(tmp_path: Path, phantom_files: list[Path], storescp: StoreSCP) -> None:
+    """`spinenode serve` as users run it: default model, SIGTERM stops it cleanly."""
+    if not (PROJECT / "models" / "demo-unetplusplus" / "model.json").is_file():
+        pytest.fail("the shipped default model is missing")
+    port = free_port()
+    env = {**os.environ, "SPINENODE_MODELS_DIR": str(PROJECT / "models")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicom_node.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "var"),
+         "--destination", storescp.destination, "--bind", "127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=PROJECT,
+    )
+    try:
+        wait_for_port(port, timeout=60)
+        assert storescu(port, phantom_files[0]).returncode == 0
+        files = storescp.wait_for_files(3, timeout=120)
+        for f in files:
+            assert dciodvfy_errors(f) == []
+        audit = subprocess.run([sys.executable, "-m", "dicom_node.cli", "audit", "--json", "--data-dir",
+                                str(tmp_path / "var")], capture_output=True, text=True, env=env, cwd=PROJECT)
+        [job] = json.loads(audit.stdout)["jobs"]
+        assert job["state"] == "done" and job["model"] == "demo-unetplusplus"
+        sr = next(dcmread(f) for f in files if dcmread(f).SOPClassUID == SR3D)
+        assert "NOT FOR DIAGNOSTIC USE" in str(sr).upper()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+__all__ = ["sys"]

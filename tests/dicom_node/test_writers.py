@@ -1,0 +1,351 @@
+"""SEG, SR and overlay SC built from a known prediction (the phantom's true mask) on a phantom DX.
+
+Every object is written, read back (pydicom and highdicom) and checked with dciodvfy; the content is
+checked against the mask and the figures the prediction carries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from dicom_node.uids import output_uid
+from dicom_node.writers import Outputs, build_outputs
+from dicom_node.writers.overlay import NOT_FOR_DIAGNOSIS
+from dicom_node.writers.sr import FLIP_DICE, FLIP_JACCARD, PRIVATE_SCHEME
+from inference.classes import SpineClass
+from inference.engine import Prediction, class_stats
+from inference.model_card import DEMO_DISCLAIMER, ModelCard
+from inference.phantom import Phantom, make_phantom
+from inference.phantom_dicom import phantom_to_dataset
+from tests.dciodvfy import dciodvfy_errors
+
+SEED = 920000
+HEIGHT = 520
+WEIGHTS = "ab" * 32
+OTHER_WEIGHTS = "cd" * 32
+SEG_CLASS, SR_CLASS, SC_CLASS = (
+    "1.2.840.10008.5.1.4.1.1.66.4",
+    "1.2.840.10008.5.1.4.1.1.88.34",
+    "1.2.840.10008.5.1.4.1.1.7",
+)
+SPINE_CODE, T1_CODE, ANATOMICAL_STRUCTURE = "421060004", "64864005", "91723000"
+AREA_CODE, PROBABILITY_CODE, MEAN_CODE = "42798000", "122157", "373098007"
+
+
+def make_card(weights: str = WEIGHTS, demo: bool = True) -> ModelCard:
+    return ModelCard(
+        name="test-model",
+        display_name="Test model",
+        architecture="unet",
+        encoder=None,
+        input_size=(64, 32),
+        weights_sha256=weights,
+        demo=demo,
+    )
+
+
+def fake_prediction(p: Phantom, card: ModelCard, spacing: tuple[float, float] | None) -> Prediction:
+    """A prediction equal to the true mask, with the mirrored mask standing in for the flipped run."""
+    confidence = np.ones(p.mask.shape, np.float32)
+    stats = class_stats(p.mask, confidence, spacing, np.ascontiguousarray(p.mask[:, ::-1]))
+    return Prediction(p.mask, confidence, stats, card.name, card.version, card.demo, 0.0)
+
+
+@dataclass
+class Written:
+    source: Dataset
+    prediction: Prediction
+    card: ModelCard
+    outputs: Outputs
+    paths: dict[str, Path]
+
+    def read(self, kind: str) -> Dataset:
+        return dcmread(self.paths[kind])
+
+
+def build_and_write(
+    source: Dataset, prediction: Prediction, card: ModelCard, folder: Path, display_image: np.ndarray | None = None
+) -> Written:
+    outputs = build_outputs(source, prediction, card, display_image=display_image)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind, ds in (("seg", outputs.seg), ("sr", outputs.sr), ("sc", outputs.sc)):
+        paths[kind] = folder / f"{kind}.dcm"
+        ds.save_as(paths[kind], enforce_file_format=True)
+    return Written(source, prediction, card, outputs, paths)
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return make_phantom(SEED, height=HEIGHT)
+
+
+@pytest.fixture(scope="module")
+def written(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> Written:
+    card = make_card()
+    source = phantom_to_dataset(phantom)
+    prediction = fake_prediction(phantom, card, (phantom.pixel_spacing_mm,) * 2)
+    return build_and_write(source, prediction, card, tmp_path_factory.mktemp("outputs"), phantom.display_image())
+
+
+def content_items(ds: Dataset) -> Iterator[Dataset]:
+    """Every SR content item below ``ds``, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def concept(item: Dataset) -> tuple[str, str, str]:
+    code = item.ConceptNameCodeSequence[0]
+    return code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning
+
+
+def group_measurements(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations) -> dict[str, hd.sr.Measurement]:
+    return {m.name.meaning: m for m in group.get_measurements()}
+
+
+# --- all three ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["seg", "sr", "sc"])
+def test_outputs_pass_dciodvfy(written: Written, kind: str) -> None:
+    assert dciodvfy_errors(written.paths[kind]) == []
+
+
+def test_outputs_share_the_study_in_new_series(written: Written) -> None:
+    src = written.source
+    series = set()
+    for kind, sop_class in (("seg", SEG_CLASS), ("sr", SR_CLASS), ("sc", SC_CLASS)):
+        ds = written.read(kind)
+        assert ds.SOPClassUID == sop_class
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert (ds.PatientID, ds.PatientName) == (src.PatientID, src.PatientName)
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID
+        series.add(ds.SeriesInstanceUID)
+        assert "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription
+    assert len(series) == 3
+
+
+def test_output_uids_are_deterministic(written: Written) -> None:
+    again = build_outputs(written.source, written.prediction, written.card)
+    other = build_outputs(written.source, written.prediction, make_card(OTHER_WEIGHTS))
+    for first, second, third in zip(written.outputs.datasets(), again.datasets(), other.datasets(), strict=True):
+        for keyword in ("SOPInstanceUID", "SeriesInstanceUID"):
+            uid = str(first[keyword].value)
+            assert uid == second[keyword].value
+            assert uid != third[keyword].value
+            assert UID(uid).is_valid and uid.startswith("2.25.") and len(uid) <= 64
+    tracking = [d.TrackingUID for d in written.outputs.seg.SegmentSequence]
+    assert tracking == [d.TrackingUID for d in again.seg.SegmentSequence]
+    assert set(tracking).isdisjoint(d.TrackingUID for d in other.seg.SegmentSequence)
+
+
+def test_output_uid_is_a_version_8_uuid() -> None:
+    uid = output_uid("1.2.3", "m", WEIGHTS, "seg")
+    assert uid == output_uid("1.2.3", "m", WEIGHTS, "seg")
+    assert (
+        len(
+            {
+                uid,
+                output_uid("1.2.3", "m", WEIGHTS, "sr"),
+                output_uid("1.2.4", "m", WEIGHTS, "seg"),
+                output_uid("1.2.3", "n", WEIGHTS, "seg"),
+                output_uid("1.2.3", "m", OTHER_WEIGHTS, "seg"),
+            }
+        )
+        == 5
+    )
+    value = uuid.UUID(int=int(uid.removeprefix("2.25.")))
+    assert value.version == 8 and value.variant == uuid.RFC_4122
+
+
+# --- SEG ----------------------------------------------------------------------------------------------
+
+
+def test_seg_segments_and_algorithm(written: Written) -> None:
+    seg = hd.seg.segread(written.paths["seg"])
+    assert seg.SegmentationType == "BINARY"
+    assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Spine", "T1 vertebra"]
+    for segment, code in zip(seg.SegmentSequence, (SPINE_CODE, T1_CODE), strict=True):
+        assert (
+            segment.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
+        ) == (code, "SCT")
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == ANATOMICAL_STRUCTURE
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("test-model", WEIGHTS[:12])
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+
+
+def test_seg_pixels_reproduce_the_labels(written: Written) -> None:
+    seg = hd.seg.segread(written.paths["seg"])
+    src = written.source
+    assert (seg.Rows, seg.Columns, seg.NumberOfFrames) == (src.Rows, src.Columns, 2)
+    planes = seg.get_pixels_by_source_instance(source_sop_instance_uids=[src.SOPInstanceUID], segment_numbers=[1, 2])[0]
+    labels = written.prediction.labels
+    assert np.array_equal(planes[..., 0].astype(bool), labels != SpineClass.F)
+    assert np.array_equal(planes[..., 1].astype(bool), labels == SpineClass.T1)
+
+
+def test_seg_references_and_2d_geometry(written: Written) -> None:
+    seg, src = written.read("seg"), written.source
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        image = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        assert (image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID) == (src.SOPClassUID, src.SOPInstanceUID)
+    [series] = seg.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == src.SeriesInstanceUID
+    assert series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert list(seg.PatientOrientation) == list(src.PatientOrientation)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    assert spacing == pytest.approx([float(v) for v in src.ImagerPixelSpacing])
+
+
+# --- SR -----------------------------------------------------------------------------------------------
+
+
+def test_sr_measurement_groups(written: Written, phantom: Phantom) -> None:
+    sr = hd.sr.srread(written.paths["sr"])
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    assert concept(sr)[0] == "126000"
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["Spine", "T1 vertebra"]
+    seg_tracking = {d.SegmentLabel: d.TrackingUID for d in written.outputs.seg.SegmentSequence}
+    pixel_area = phantom.pixel_spacing_mm**2
+    counts = {"Spine": int(np.count_nonzero(phantom.mask)), "T1 vertebra": int(np.count_nonzero(phantom.mask == 2))}
+    for group in groups:
+        assert group.tracking_uid == seg_tracking[group.tracking_identifier]
+        reference = group.referenced_segment
+        assert reference is not None
+        measurements = group_measurements(group)
+        area = measurements["Area"]
+        assert (area.name.value, area.unit.value) == (AREA_CODE, "mm2")
+        assert area.value == pytest.approx(counts[group.tracking_identifier] * pixel_area, rel=1e-9)
+        probability = measurements["Probability"]
+        assert probability.name.value == PROBABILITY_CODE and probability.derivation.value == MEAN_CODE
+        assert probability.value == pytest.approx(1.0)
+        coverage = measurements["Percentage of image pixels in segment"]
+        assert coverage.name.scheme_designator == PRIVATE_SCHEME and coverage.unit.value == "%"
+        assert coverage.value == pytest.approx(100 * counts[group.tracking_identifier] / phantom.mask.size)
+        assert not {"Dice", "IoU", "Jaccard"} & set(measurements)
+    t1 = group_measurements(groups[1])
+    stats = written.prediction.classes["T1"]
+    assert t1[FLIP_DICE.meaning].value == pytest.approx(stats.flip_dice)
+    assert t1[FLIP_JACCARD.meaning].value == pytest.approx(stats.flip_jaccard)
+    assert t1[FLIP_DICE.meaning].unit.value == "1"
+
+
+def test_sr_segment_references_and_evidence(written: Written) -> None:
+    sr, src, seg = written.read("sr"), written.source, written.outputs.seg
+    references = [i for i in content_items(sr) if concept(i)[0] == "121191"]
+    assert [int(r.ReferencedSOPSequence[0].ReferencedSegmentNumber) for r in references] == [1, 2]
+    for ref in references:
+        assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
+        assert "ReferencedFrameNumber" not in ref.ReferencedSOPSequence[0]
+    images = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in content_items(sr) if i.ValueType == "IMAGE"}
+    assert src.SOPInstanceUID in images
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert evidence == {src.SOPInstanceUID, seg.SOPInstanceUID}
+    assert "PertinentOtherEvidenceSequence" not in sr
+    assert PRIVATE_SCHEME in {i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence}
+
+
+def test_sr_names_the_algorithm_and_the_demo_disclaimer(written: Written) -> None:
+    items = list(content_items(written.read("sr")))
+    texts = {(concept(i)[2], i.TextValue) for i in items if i.ValueType == "TEXT"}
+    assert ("Algorithm Name", "test-model") in texts and ("Algorithm Version", WEIGHTS[:12]) in texts
+    disclaimers = [value for name, value in texts if name == "Comment"]
+    assert disclaimers == [DEMO_DISCLAIMER]
+    assert "NOT FOR DIAGNOSTIC USE" in DEMO_DISCLAIMER and "synthetic" in DEMO_DISCLAIMER
+    names = {concept(i)[2] for i in items if i.ValueType == "NUM"}
+    assert {"Dice agreement with flipped-input prediction", "Jaccard agreement with flipped-input prediction"} <= names
+
+
+# --- SC -----------------------------------------------------------------------------------------------
+
+
+def test_sc_overlay(written: Written, phantom: Phantom) -> None:
+    sc, src = written.read("sc"), written.source
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated) == ("RGB", 3, 8)
+    assert (sc.Rows, sc.Columns) == (src.Rows, src.Columns)
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.BodyPartExamined == src.BodyPartExamined
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert "test-model" in sc.DerivationDescription and NOT_FOR_DIAGNOSIS in sc.DerivationDescription
+    rgb = sc.pixel_array.astype(np.int32)
+    body = np.zeros(phantom.mask.shape, bool)
+    body[src.Rows // 4 : src.Rows * 3 // 4] = True  # away from the legend and the warning band
+    v = (phantom.mask == SpineClass.V) & body
+    red, green = rgb[..., 0], rgb[..., 1]
+    assert (green[v] > red[v]).mean() > 0.9
+    t1 = phantom.mask == SpineClass.T1
+    assert red[t1].mean() > green[t1].mean()
+    grey = np.repeat(phantom.display_image()[..., None], 3, axis=2).astype(np.int32)
+    outside = (phantom.mask == SpineClass.F) & body
+    assert np.mean(np.all(rgb[outside] == grey[outside], axis=1)) > 0.9
+
+
+def test_sc_from_dataset_when_no_display_image(written: Written, phantom: Phantom) -> None:
+    if phantom.photometric != "MONOCHROME2":
+        pytest.skip("needs a MONOCHROME2 phantom")
+    sc = build_outputs(written.source, written.prediction, written.card).sc
+    plain = written.outputs.sc
+    assert np.array_equal(sc.pixel_array, plain.pixel_array)
+
+
+# --- other spacings -----------------------------------------------------------------------------------
+
+
+def test_source_with_pixel_spacing_only(phantom: Phantom, tmp_path: Path) -> None:
+    source = phantom_to_dataset(phantom)
+    source.PixelSpacing = source.ImagerPixelSpacing
+    del source.ImagerPixelSpacing
+    card = make_card()
+    out = build_and_write(source, fake_prediction(phantom, card, (phantom.pixel_spacing_mm,) * 2), card, tmp_path)
+    for path in out.paths.values():
+        assert dciodvfy_errors(path) == [], path.name
+    shared = out.read("seg").SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == pytest.approx(
+        [phantom.pixel_spacing_mm] * 2
+    )
+    groups = hd.sr.srread(out.paths["sr"]).content.get_volumetric_roi_measurement_groups()
+    area = group_measurements(groups[1])["Area"]
+    assert area.unit.value == "mm2"
+    assert area.value == pytest.approx(np.count_nonzero(phantom.mask == 2) * phantom.pixel_spacing_mm**2)
+
+
+def test_source_without_spacing_reports_pixels(phantom: Phantom, tmp_path: Path) -> None:
+    source = phantom_to_dataset(phantom)
+    del source.ImagerPixelSpacing
+    card = make_card(demo=False)
+    out = build_and_write(source, fake_prediction(phantom, card, None), card, tmp_path)
+    for path in out.paths.values():
+        assert dciodvfy_errors(path) == [], path.name
+    assert "PixelMeasuresSequence" not in out.read("seg").SharedFunctionalGroupsSequence[0]
+    groups = hd.sr.srread(out.paths["sr"]).content.get_volumetric_roi_measurement_groups()
+    expected = {"Spine": np.count_nonzero(phantom.mask), "T1 vertebra": np.count_nonzero(phantom.mask == 2)}
+    for group in groups:
+        area = group_measurements(group)["Area"]
+        assert area.unit.value == "{pixels}"
+        assert area.value == expected[group.tracking_identifier]
+    sr = out.read("sr")
+    assert not [i for i in content_items(sr) if i.ValueType == "TEXT" and concept(i)[2] == "Comment"]
+    assert "NOT FOR DIAGNOSTIC USE" not in sr.SeriesDescription
