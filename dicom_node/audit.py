@@ -39,7 +39,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     RECEIVED = "received"
     QUEUED = "queued"
     RUNNING = "running"
@@ -47,13 +47,13 @@ class JobState(str, enum.Enum):
     FAILED = "failed"
 
 
-class DeliveryState(str, enum.Enum):
+class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
 
 
-class OutputKind(str, enum.Enum):
+class OutputKind(enum.StrEnum):
     SEG = "seg"
     SR = "sr"
     SC = "sc"

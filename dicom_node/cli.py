@@ -67,8 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         node.db.dispose()
         raise CLIError(f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}") from exc
     dests = ", ".join(str(d) for d in config.destinations) or "none (results kept in the data directory)"
-    print(f"SpineNode {config.ae_title} listening on port {port}; model {config.model}; destinations: {dests}",
-          flush=True)
+    print(
+        f"SpineNode {config.ae_title} listening on port {port}; model {config.model}; destinations: {dests}", flush=True
+    )
     stop.wait()
     node.stop()
     return 0
@@ -113,7 +114,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     for path, (status, error) in zip(paths, results, strict=True):
         ok = status is not None and status in (0x0000, 0xB000, 0xB006, 0xB007)
         failed += not ok
-        print(f"{path}: " + (f"status 0x{status:04X}" if status is not None else "not sent") + (f" ({error})" if error else ""))
+        print(
+            f"{path}: "
+            + (f"status 0x{status:04X}" if status is not None else "not sent")
+            + (f" ({error})" if error else "")
+        )
     return 1 if failed else 0
 
 
@@ -182,8 +187,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         for c in cards:
             v, t1 = (c.metrics.get("phantom_eval") or {}).get("per_class", {}).get("V", {}), None
             t1 = (c.metrics.get("phantom_eval") or {}).get("per_class", {}).get("T1", {})
-            print(f"{c.name:28s} {c.architecture:22s} {str(c.encoder):14s} {c.input_size[0]}x{c.input_size[1]}"
-                  f"  demo={c.demo}  V IoU {v.get('iou', '-')}  T1 IoU {t1.get('iou', '-')}")
+            print(
+                f"{c.name:28s} {c.architecture:22s} {str(c.encoder):14s} {c.input_size[0]}x{c.input_size[1]}"
+                f"  demo={c.demo}  V IoU {v.get('iou', '-')}  T1 IoU {t1.get('iou', '-')}"
+            )
     return 0
 
 
@@ -207,8 +214,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         card = find_card(args.model)
-        source = DataSource.parse(f"coco:{args.coco}") if args.coco else DataSource.parse(
-            f"phantom:{args.phantom}", args.seed
+        source = (
+            DataSource.parse(f"coco:{args.coco}")
+            if args.coco
+            else DataSource.parse(f"phantom:{args.phantom}", args.seed)
         )
     except (KeyError, DataSpecError) as exc:
         raise CLIError(str(exc.args[0] if exc.args else exc)) from exc

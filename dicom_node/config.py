@@ -151,8 +151,17 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     node = dict(raw.get("node", {}))
     out: dict[str, Any] = {}
     simple = {
-        "ae_title", "bind", "port", "model", "workers", "max_backlog", "min_free_disk_mb", "max_pixels",
-        "acse_timeout_s", "dimse_timeout_s", "flip_agreement",
+        "ae_title",
+        "bind",
+        "port",
+        "model",
+        "workers",
+        "max_backlog",
+        "min_free_disk_mb",
+        "max_pixels",
+        "acse_timeout_s",
+        "dimse_timeout_s",
+        "flip_agreement",
     }
     for key in simple & node.keys():
         out[key] = node[key]
@@ -163,7 +172,11 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     if "allowed_calling_aes" in node:
         out["allowed_calling_aes"] = tuple(_check_ae(a) for a in node["allowed_calling_aes"])
     retry = raw.get("retry", {})
-    for key, name in (("initial_s", "retry_initial_s"), ("max_s", "retry_max_s"), ("max_attempts", "retry_max_attempts")):
+    for key, name in (
+        ("initial_s", "retry_initial_s"),
+        ("max_s", "retry_max_s"),
+        ("max_attempts", "retry_max_attempts"),
+    ):
         if key in retry:
             out[name] = retry[key]
     routes = []

@@ -41,9 +41,7 @@ class JobQueue:
     def claim(self) -> int | None:
         """Take the oldest queued job: mark it running and return its id (None when the queue is empty)."""
         with self.db.session() as s:
-            job = s.scalar(
-                select(JobRecord).where(JobRecord.state == JobState.QUEUED).order_by(JobRecord.id).limit(1)
-            )
+            job = s.scalar(select(JobRecord).where(JobRecord.state == JobState.QUEUED).order_by(JobRecord.id).limit(1))
             if job is None:
                 return None
             job.state = JobState.RUNNING

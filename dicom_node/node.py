@@ -74,6 +74,7 @@ class Node:
 
     def health(self) -> dict[str, object]:
         with self.db.session() as s:
+
             def count(model: type, *where: object) -> int:
                 return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 

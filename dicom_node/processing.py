@@ -118,8 +118,9 @@ class Processor:
             job.finished_at = utcnow()
             job.error = None
             s.add(JobTransition(job_id=job_id, state=JobState.DONE))
-        log.info("job %d done: %s in %.0f ms (inference %.0f ms)", job_id, model, total_ms,
-                 result.prediction.inference_ms)
+        log.info(
+            "job %d done: %s in %.0f ms (inference %.0f ms)", job_id, model, total_ms, result.prediction.inference_ms
+        )
 
 
 class WorkerPool:

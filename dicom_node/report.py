@@ -73,8 +73,13 @@ def audit_report(db: AuditDB, since: str | None = None, limit: int = 50) -> dict
             eq = eq.where(EventRecord.at >= when)
         jobs = [job_view(j) for j in s.scalars(q)]
         events = [
-            {"at": _iso(e.at), "kind": e.kind, "sop_instance_uid": e.sop_instance_uid, "status": e.status,
-             "detail": e.detail}
+            {
+                "at": _iso(e.at),
+                "kind": e.kind,
+                "sop_instance_uid": e.sop_instance_uid,
+                "status": e.status,
+                "detail": e.detail,
+            }
             for e in s.scalars(eq)
         ]
     return {"jobs": jobs, "events": events}

@@ -16,11 +16,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -35,7 +35,16 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node.audit import AssociationRecord, AuditDB, EventRecord, InstanceRecord, JobRecord, JobState, JobTransition, utcnow
+from dicom_node.audit import (
+    AssociationRecord,
+    AuditDB,
+    EventRecord,
+    InstanceRecord,
+    JobRecord,
+    JobState,
+    JobTransition,
+    utcnow,
+)
 from dicom_node.config import NodeConfig
 from dicom_node.status import StoreStatus
 from dicom_node.storage import Storage, write_durably
@@ -125,9 +134,7 @@ class Receiver:
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
         ]
-        self._server = self.ae.start_server(
-            (self.config.bind, self.config.port), block=False, evt_handlers=handlers
-        )
+        self._server = self.ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers)
         port = int(self._server.server_address[1])
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.bind, port)
         return port
@@ -143,8 +150,11 @@ class Receiver:
         a = event.assoc
         with self.db.session() as s:
             rec = AssociationRecord(
-                calling_ae=a.requestor.ae_title, called_ae=a.acceptor.ae_title,
-                peer_address=str(a.requestor.address), peer_port=int(a.requestor.port or 0), accepted=True,
+                calling_ae=a.requestor.ae_title,
+                called_ae=a.acceptor.ae_title,
+                peer_address=str(a.requestor.address),
+                peer_port=int(a.requestor.port or 0),
+                accepted=True,
             )
             s.add(rec)
             s.flush()
@@ -166,8 +176,13 @@ class Receiver:
         with self.db.session() as s:
             s.add(
                 AssociationRecord(
-                    calling_ae=rq.ae_title or "", called_ae=called_ae, peer_address=str(rq.address),
-                    peer_port=int(rq.port or 0), accepted=False, reason=reason, ended_at=utcnow(),
+                    calling_ae=rq.ae_title or "",
+                    called_ae=called_ae,
+                    peer_address=str(rq.address),
+                    peer_port=int(rq.port or 0),
+                    accepted=False,
+                    reason=reason,
+                    ended_at=utcnow(),
                 )
             )
 
@@ -195,8 +210,14 @@ class Receiver:
             ds = event.dataset
             ds.file_meta = event.file_meta
             sop_uid = str(ds.get("SOPInstanceUID", "")) or None
-            result = self.receive(ds, event.encoded_dataset(), event.context.abstract_syntax,
-                                  event.assoc.acceptor.ae_title, event.assoc.requestor.ae_title, assoc_id)
+            result = self.receive(
+                ds,
+                event.encoded_dataset(),
+                event.context.abstract_syntax,
+                event.assoc.acceptor.ae_title,
+                event.assoc.requestor.ae_title,
+                assoc_id,
+            )
             rsp.Status = int(result.status)
         except Refusal as exc:
             rsp.Status = int(exc.status)
@@ -231,7 +252,10 @@ class Receiver:
         except OSError as exc:
             raise Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot store instance: {exc.strerror or exc}") from exc
         route = self.config.route_for(
-            called_ae, calling_ae, str(ds.get("Modality", "")), str(ds.get("BodyPartExamined", "")),
+            called_ae,
+            calling_ae,
+            str(ds.get("Modality", "")),
+            str(ds.get("BodyPartExamined", "")),
             str(ds.get("ViewPosition", "")),
         )
         try:
@@ -266,9 +290,17 @@ class Receiver:
                 f"image too large: {rows}x{cols}x{frames} exceeds {self.config.max_pixels} pixels",
             )
         if sop_class.startswith("1.2.840.10008.5.1.4.1.1.7") and str(ds.get("Modality", "")) not in (
-            "CR", "DX", "RG", "RF", "PX", "OT", "",
+            "CR",
+            "DX",
+            "RG",
+            "RF",
+            "PX",
+            "OT",
+            "",
         ):
-            raise Refusal(StoreStatus.CANNOT_UNDERSTAND, f"Secondary Capture of modality {ds.Modality} is not a radiograph")
+            raise Refusal(
+                StoreStatus.CANNOT_UNDERSTAND, f"Secondary Capture of modality {ds.Modality} is not a radiograph"
+            )
         try:
             from_dataset(ds)
         except UnusableImageError as exc:
@@ -299,37 +331,55 @@ class Receiver:
             if existing is not None:
                 existing.times_received += 1
                 job = s.scalar(select(JobRecord).where(JobRecord.instance_id == existing.id))
-                s.add(EventRecord(kind="duplicate", sop_instance_uid=sop_uid, association_id=assoc_id,
-                                  job_id=job.id if job else None, detail="instance received again"))
+                s.add(
+                    EventRecord(
+                        kind="duplicate",
+                        sop_instance_uid=sop_uid,
+                        association_id=assoc_id,
+                        job_id=job.id if job else None,
+                        detail="instance received again",
+                    )
+                )
                 if job is not None and job.state == JobState.FAILED:
                     job.state = JobState.QUEUED
                     s.add(JobTransition(job_id=job.id, state=JobState.QUEUED, detail="re-sent after failure"))
                     return job.id, True
                 return None, True
             inst = InstanceRecord(
-                sop_instance_uid=sop_uid, sop_class_uid=str(ds.SOPClassUID),
-                study_instance_uid=str(ds.StudyInstanceUID), series_instance_uid=str(ds.SeriesInstanceUID),
-                transfer_syntax=str(ds.file_meta.TransferSyntaxUID), modality=str(ds.get("Modality", "")) or None,
-                size_bytes=size, path=str(path), association_id=assoc_id,
+                sop_instance_uid=sop_uid,
+                sop_class_uid=str(ds.SOPClassUID),
+                study_instance_uid=str(ds.StudyInstanceUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+                modality=str(ds.get("Modality", "")) or None,
+                size_bytes=size,
+                path=str(path),
+                association_id=assoc_id,
             )
             s.add(inst)
             s.flush()
             job = JobRecord(
-                instance_id=inst.id, state=JobState.QUEUED, model=route.model,
-                destinations=[str(d) for d in route.destinations], called_ae=called_ae,
+                instance_id=inst.id,
+                state=JobState.QUEUED,
+                model=route.model,
+                destinations=[str(d) for d in route.destinations],
+                called_ae=called_ae,
             )
             s.add(job)
             s.flush()
-            s.add_all([
-                JobTransition(job_id=job.id, state=JobState.RECEIVED),
-                JobTransition(job_id=job.id, state=JobState.QUEUED),
-            ])
+            s.add_all(
+                [
+                    JobTransition(job_id=job.id, state=JobState.RECEIVED),
+                    JobTransition(job_id=job.id, state=JobState.QUEUED),
+                ]
+            )
             return job.id, False
 
     def _record_refusal(self, status: StoreStatus, detail: str, sop_uid: str | None, assoc_id: int | None) -> None:
         try:
-            self.db.record_event("refused", detail, status=int(status), sop_instance_uid=sop_uid,
-                                 association_id=assoc_id)
+            self.db.record_event(
+                "refused", detail, status=int(status), sop_instance_uid=sop_uid, association_id=assoc_id
+            )
         except Exception:  # the database itself may be the problem; the status still goes out
             log.exception("could not record refusal of %s", sop_uid)
 

@@ -52,8 +52,12 @@ def segment_file(path: Path, out_dir: Path, model: str | None = None) -> dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = path.stem
     written: dict[str, str] = {}
-    rgb = render_overlay(prediction.labels, prediction, engine.card, display_rgb(ds, prepared.image)
-                         if ds is not None else _grey_rgb(prepared.image))
+    rgb = render_overlay(
+        prediction.labels,
+        prediction,
+        engine.card,
+        display_rgb(ds, prepared.image) if ds is not None else _grey_rgb(prepared.image),
+    )
     written["overlay_png"] = _png(out_dir / f"{stem}-overlay.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     written["mask_png"] = _png(out_dir / f"{stem}-mask.png", (prediction.labels * MASK_SCALE).astype(np.uint8))
     if ds is not None:

@@ -14,8 +14,8 @@ from collections import defaultdict
 from datetime import timedelta
 
 from pydicom import dcmread
-from pynetdicom import AE
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
 from sqlalchemy import select
 
 from dicom_node.audit import AuditDB, DeliveryAttempt, DeliveryRecord, DeliveryState, OutputRecord, utcnow
@@ -33,7 +33,9 @@ def backoff_s(attempts: int, initial: float, cap: float) -> float:
     return min(cap, initial * 2 ** max(attempts - 1, 0))
 
 
-def send_files(ae_title: str, dest: Destination, paths: list[str], timeout: float = 30.0) -> list[tuple[int | None, str | None]]:
+def send_files(
+    ae_title: str, dest: Destination, paths: list[str], timeout: float = 30.0
+) -> list[tuple[int | None, str | None]]:
     """C-STORE ``paths`` to ``dest`` in one association. Per file: (status or None, error or None)."""
     datasets = [dcmread(p) for p in paths]
     ae = AE(ae_title=ae_title)
@@ -141,8 +143,9 @@ class Sender:
                 else:
                     delay = backoff_s(d.attempts, self.config.retry_initial_s, self.config.retry_max_s)
                     d.next_attempt_at = utcnow() + timedelta(seconds=delay)
-                    log.info("delivery %d to %s: %s; retry in %.0f s", d.id, dest,
-                             error or f"status 0x{status:04X}", delay)
+                    log.info(
+                        "delivery %d to %s: %s; retry in %.0f s", d.id, dest, error or f"status 0x{status:04X}", delay
+                    )
 
 
 def requeue_deliveries(db: AuditDB, include_failed: bool) -> int:

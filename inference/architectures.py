@@ -58,16 +58,18 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture("deeplabv3plus", "DeepLabV3+ (segmentation-models-pytorch)", _deeplabv3plus),
         Architecture("unetplusplus", "U-Net++ (segmentation-models-pytorch)", _unetplusplus),
+        Architecture("deeplabv3plus_dense", "DeepLabV3+ encoder and ASPP with a dense attention-gated decoder", _dense),
         Architecture(
-            "deeplabv3plus_dense", "DeepLabV3+ encoder and ASPP with a dense attention-gated decoder", _dense
-        ),
-        Architecture(
-            "seed_deeplabv3_resnet50", "Seed app: torchvision DeepLabV3-ResNet50", _seed("seed_deeplabv3_resnet50"),
+            "seed_deeplabv3_resnet50",
+            "Seed app: torchvision DeepLabV3-ResNet50",
+            _seed("seed_deeplabv3_resnet50"),
             takes_encoder=False,
         ),
         Architecture("seed_unetpp", "Seed app: custom U-Net++ (base 32)", _seed("seed_unetpp"), takes_encoder=False),
         Architecture(
-            "seed_dense_decoder", "Seed app: DeepLabV3+ with dense decoder (ResNet-50)", _seed("seed_dense_decoder"),
+            "seed_dense_decoder",
+            "Seed app: DeepLabV3+ with dense decoder (ResNet-50)",
+            _seed("seed_dense_decoder"),
             takes_encoder=False,
         ),
     )

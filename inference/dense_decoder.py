@@ -56,7 +56,9 @@ class DeepLabV3PlusDense(nn.Module):
             _conv_bn_relu(aspp_channels, aspp_channels),
         )
         c8, c4, c2 = decoder_channels
-        self.proj = nn.ModuleList([_conv_bn_relu(ch[3], c8, 1), _conv_bn_relu(ch[2], c4, 1), _conv_bn_relu(ch[1], c2, 1)])
+        self.proj = nn.ModuleList(
+            [_conv_bn_relu(ch[3], c8, 1), _conv_bn_relu(ch[2], c4, 1), _conv_bn_relu(ch[1], c2, 1)]
+        )
         # Level stride 8: one node. Stride 4: two nodes. Stride 2: three nodes (the nested grid).
         self.gate8 = AttentionGate(aspp_channels, c8, c8)
         self.x8_1 = _conv_bn_relu(c8 + aspp_channels, c8)

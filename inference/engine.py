@@ -26,6 +26,8 @@ from inference.preprocess import PreparedImage, to_model_input
 
 log = logging.getLogger(__name__)
 
+SPINE = "Spine"  # figures of the union V or T1 (the SEG's "Spine" segment)
+
 
 @dataclass
 class ClassStats:
@@ -129,8 +131,10 @@ def class_stats(
     total = labels.size
     pixel_area = spacing_mm[0] * spacing_mm[1] if spacing_mm else None
     out: dict[str, ClassStats] = {}
-    for c in FOREGROUND:
-        m = labels == c
+    # V and T1, and "Spine" (V or T1: the whole column, the SEG's first segment)
+    regions = [(c.name, labels == c, None if flipped is None else flipped == c) for c in FOREGROUND]
+    regions.append((SPINE, labels > 0, None if flipped is None else flipped > 0))
+    for name, m, fm in regions:
         n = int(np.count_nonzero(m))
         stats = ClassStats(
             pixels=n,
@@ -139,10 +143,10 @@ def class_stats(
             area_unit="mm2" if pixel_area else "pixels",
             mean_confidence=float(confidence[m].mean()) if n else None,
         )
-        if flipped is not None:
-            ov = overlap(m, flipped == c)
+        if fm is not None:
+            ov = overlap(m, fm)
             stats.flip_dice, stats.flip_jaccard = ov.dice, ov.iou
-        out[c.name] = stats
+        out[name] = stats
     return out
 
 

@@ -160,8 +160,12 @@ def make_phantom(seed: int, height: int | None = None) -> Phantom:
         n = 10
         r = 0.22 * min(bw, bh)
         pts = []
-        corners = [(bw / 2 - r, -bh / 2 + r), (bw / 2 - r, bh / 2 - r), (-bw / 2 + r, bh / 2 - r),
-                   (-bw / 2 + r, -bh / 2 + r)]
+        corners = [
+            (bw / 2 - r, -bh / 2 + r),
+            (bw / 2 - r, bh / 2 - r),
+            (-bw / 2 + r, bh / 2 - r),
+            (-bw / 2 + r, -bh / 2 + r),
+        ]
         starts = [-90, 0, 90, 180]
         for (ox, oy), s in zip(corners, starts, strict=True):
             for k in range(n + 1):
@@ -181,16 +185,28 @@ def make_phantom(seed: int, height: int | None = None) -> Phantom:
         cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], int(label), lineType=cv2.LINE_8, shift=4)
         layer = np.zeros((h, w), np.float32)
         cv2.fillPoly(layer, [np.round(poly * 16).astype(np.int32)], 0.5 * density, cv2.LINE_AA, shift=4)
-        cv2.polylines(layer, [np.round(poly * 16).astype(np.int32)], True, 0.35 * density,
-                      max(1, int(bw * 0.05)), cv2.LINE_AA, shift=4)
+        cv2.polylines(
+            layer,
+            [np.round(poly * 16).astype(np.int32)],
+            True,
+            0.35 * density,
+            max(1, int(bw * 0.05)),
+            cv2.LINE_AA,
+            shift=4,
+        )
         # pedicles (ovals inside the body), spinous process (teardrop below the centre)
         a = math.radians(-ang)
         for side in (-1, 1):
             px = cx + side * bw * 0.3 * math.cos(a)
             py = cy + side * bw * 0.3 * math.sin(a)
             cv2.ellipse(layer, ((px, py), (bw * 0.16, bh * 0.42), -ang), 0.75 * density, 2, cv2.LINE_AA)
-        cv2.ellipse(layer, ((cx - bh * 0.25 * math.sin(a), cy + bh * 0.3), (bw * 0.1, bh * 0.5), -ang),
-                    0.7 * density, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            layer,
+            ((cx - bh * 0.25 * math.sin(a), cy + bh * 0.3), (bw * 0.1, bh * 0.5), -ang),
+            0.7 * density,
+            -1,
+            cv2.LINE_AA,
+        )
         # transverse processes (thoracic and lumbar), the ribs attach to T1-T12
         if name[0] != "C":
             tp = bw * (0.75 if name[0] == "L" else 0.62)
@@ -210,12 +226,26 @@ def make_phantom(seed: int, height: int | None = None) -> Phantom:
             xs = cx + side * (bw * 0.55 + reach * np.sin(ts * math.pi * 0.5))
             ys = cy - body_h[i] * 0.3 + drop * (ts**2) - body_h[i] * 0.9 * np.sin(ts * math.pi) * (k < 1)
             pts = np.stack([xs, ys], 1)
-            cv2.polylines(bone, [np.round(pts * 16).astype(np.int32)], False, 0.42 * density,
-                          rib_w if k else max(2, int(rib_w * 1.3)), cv2.LINE_AA, shift=4)
+            cv2.polylines(
+                bone,
+                [np.round(pts * 16).astype(np.int32)],
+                False,
+                0.42 * density,
+                rib_w if k else max(2, int(rib_w * 1.3)),
+                cv2.LINE_AA,
+                shift=4,
+            )
             # the anterior, lower-density part of the same rib
             pts2 = np.stack([xs[-1] - side * reach * 0.55 * ts, ys[-1] + drop * 0.25 * ts], 1)
-            cv2.polylines(bone, [np.round(pts2 * 16).astype(np.int32)], False, 0.22 * density,
-                          max(1, rib_w - 1), cv2.LINE_AA, shift=4)
+            cv2.polylines(
+                bone,
+                [np.round(pts2 * 16).astype(np.int32)],
+                False,
+                0.22 * density,
+                max(1, rib_w - 1),
+                cv2.LINE_AA,
+                shift=4,
+            )
 
     # Clavicles: S-shaped bars from the sternal end (near T1-T2) out and up.
     for side in (-1, 1):
@@ -224,32 +254,61 @@ def make_phantom(seed: int, height: int | None = None) -> Phantom:
         y0 = centres_y[T1_INDEX + 1]
         xs = x0 + side * w * 0.4 * ts
         ys = y0 - body_h[T1_INDEX] * (1.6 * ts + 0.4 * np.sin(ts * 2 * math.pi))
-        cv2.polylines(bone, [np.round(np.stack([xs, ys], 1) * 16).astype(np.int32)], False, 0.5 * density,
-                      max(3, int(rib_w * 1.6)), cv2.LINE_AA, shift=4)
+        cv2.polylines(
+            bone,
+            [np.round(np.stack([xs, ys], 1) * 16).astype(np.int32)],
+            False,
+            0.5 * density,
+            max(3, int(rib_w * 1.6)),
+            cv2.LINE_AA,
+            shift=4,
+        )
 
     # Pelvis: iliac wings and sacrum below L5.
     l5 = len(VERTEBRAE) - 1
     sac_top = centres_y[l5] + body_h[l5] * 0.75
     for side in (-1, 1):
         cxp = centres_x[l5] + side * body_w[l5] * 1.6
-        cv2.ellipse(bone, ((cxp, sac_top + body_h[l5] * 1.8), (body_w[l5] * 2.4, body_h[l5] * 4.2),
-                           side * 25), 0.35 * density, -1, cv2.LINE_AA)
-        cv2.ellipse(bone, ((cxp, sac_top + body_h[l5] * 1.8), (body_w[l5] * 2.4, body_h[l5] * 4.2),
-                           side * 25), 0.6 * density, max(2, rib_w), cv2.LINE_AA)
-    sac = np.array([[centres_x[l5] - body_w[l5] * 0.6, sac_top], [centres_x[l5] + body_w[l5] * 0.6, sac_top],
-                    [centres_x[l5], sac_top + body_h[l5] * 3.5]], np.float32)
+        cv2.ellipse(
+            bone,
+            ((cxp, sac_top + body_h[l5] * 1.8), (body_w[l5] * 2.4, body_h[l5] * 4.2), side * 25),
+            0.35 * density,
+            -1,
+            cv2.LINE_AA,
+        )
+        cv2.ellipse(
+            bone,
+            ((cxp, sac_top + body_h[l5] * 1.8), (body_w[l5] * 2.4, body_h[l5] * 4.2), side * 25),
+            0.6 * density,
+            max(2, rib_w),
+            cv2.LINE_AA,
+        )
+    sac = np.array(
+        [
+            [centres_x[l5] - body_w[l5] * 0.6, sac_top],
+            [centres_x[l5] + body_w[l5] * 0.6, sac_top],
+            [centres_x[l5], sac_top + body_h[l5] * 3.5],
+        ],
+        np.float32,
+    )
     cv2.fillConvexPoly(bone, np.round(sac * 16).astype(np.int32), 0.45 * density, cv2.LINE_AA, 4)
 
     if skull:  # skull base and mandible above C3
         cy = centres_y[0] - body_h[0] * rng.uniform(2.2, 3.2)
         cv2.ellipse(bone, ((centres_x[0], cy), (w * 0.7, body_h[0] * 5), 0), 0.6 * density, -1, cv2.LINE_AA)
-        cv2.ellipse(bone, ((centres_x[0], cy + body_h[0] * 1.6), (w * 0.45, body_h[0] * 2.2), 0),
-                    0.7 * density, max(3, rib_w), cv2.LINE_AA)
+        cv2.ellipse(
+            bone,
+            ((centres_x[0], cy + body_h[0] * 1.6), (w * 0.45, body_h[0] * 2.2), 0),
+            0.7 * density,
+            max(3, rib_w),
+            cv2.LINE_AA,
+        )
 
     att += bone * envelope.clip(0.3, 1)
     # Anatomical noise: low-frequency texture over everything.
-    tex = cv2.resize(rng.normal(0, 1, (max(h // 40, 2), max(w // 40, 2))).astype(np.float32), (w, h),
-                     interpolation=cv2.INTER_CUBIC)
+    tex = cv2.resize(
+        rng.normal(0, 1, (max(h // 40, 2), max(w // 40, 2))).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+    )
     att += 0.04 * tex
 
     # --- acquisition -------------------------------------------------------------------------
@@ -266,8 +325,16 @@ def make_phantom(seed: int, height: int | None = None) -> Phantom:
     # Burned-in marker letter and a ruler with ticks on one edge.
     font_scale = max(w, 200) / 300
     mx = int(w * rng.uniform(0.05, 0.2)) if rng.random() < 0.5 else int(w * rng.uniform(0.7, 0.82))
-    cv2.putText(signal, str(rng.choice(["L", "R"])), (mx, int(h * rng.uniform(0.03, 0.08)) + 20),
-                cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1.0, max(1, int(font_scale * 2)), cv2.LINE_AA)
+    cv2.putText(
+        signal,
+        str(rng.choice(["L", "R"])),
+        (mx, int(h * rng.uniform(0.03, 0.08)) + 20),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        font_scale,
+        1.0,
+        max(1, int(font_scale * 2)),
+        cv2.LINE_AA,
+    )
     if rng.random() < 0.6:
         rx = int(w * rng.uniform(0.02, 0.06)) if rng.random() < 0.5 else int(w * rng.uniform(0.9, 0.95))
         cv2.line(signal, (rx, int(h * 0.1)), (rx, int(h * 0.9)), 0.95, 2)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +45,13 @@ VIEW_POSITION = "AP"
 PATIENT_ORIENTATION = ("L", "F")
 # SNOMED CT "Spine" (anatomic region, CID 4031).
 SPINE_CODE = ("421060004", "SCT", "Spine")
-# DICOM "antero-posterior" (CID 4010 X-Ray Radiographic View).
-AP_VIEW_CODE = ("R-10206", "SRT", "antero-posterior")
-AP_VIEW_CODE_SCT = ("399348003", "SCT", "antero-posterior")
+# SNOMED CT "antero-posterior" (CID 4010 X-Ray Radiographic View).
+AP_VIEW_CODE = ("399348003", "SCT", "antero-posterior")
 DETECTOR_TYPE = "SCINTILLATOR"
 PRESENTATION_LUT = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}
-# MONOCHROME2: higher stored values are brighter ("+1"); MONOCHROME1 stores the inverse ("-1").
-INTENSITY_SIGN = {"MONOCHROME1": -1, "MONOCHROME2": 1}
+# PS3.3 C.8.11.3.1.2: -1 when higher stored values mean less X-ray intensity. MONOCHROME2 phantoms store
+# attenuation as brightness (bone high: less intensity), MONOCHROME1 phantoms store its inverse.
+INTENSITY_SIGN = {"MONOCHROME1": 1, "MONOCHROME2": -1}
 FORMATS = ("dicom", "png")  # "dcm" is accepted as another name for "dicom"
 INDEX_FILE = "phantoms.json"
 
@@ -183,7 +182,7 @@ def _dx_detector_module(ds: Dataset, p: Phantom) -> None:
 def _dx_positioning_module(ds: Dataset) -> None:
     ds.ViewPosition = VIEW_POSITION
     ds.PositionerType = ""  # type 2: a synthetic image has no positioner to name
-    ds.ViewCodeSequence = DicomSequence([_code_item(AP_VIEW_CODE_SCT)])
+    ds.ViewCodeSequence = DicomSequence([_code_item(AP_VIEW_CODE)])
 
 
 def _sop_common_module(ds: Dataset, sop_uid: str) -> None:
@@ -293,4 +292,4 @@ def write_phantoms(
     return index
 
 
-__all__: Sequence[str] = ["phantom_to_dataset", "phantom_uid", "write_phantoms"]
+__all__ = ["phantom_to_dataset", "phantom_uid", "write_phantoms"]

@@ -40,6 +40,12 @@ class ModelRegistry:
         out = []
         for name in sorted(set(cards) | set(self._engines) | set(self._errors)):
             card = cards.get(name)
-            out.append({"name": name, "loaded": name in self._engines, "demo": bool(card and card.demo),
-                        "error": self._errors.get(name)})
+            out.append(
+                {
+                    "name": name,
+                    "loaded": name in self._engines,
+                    "demo": bool(card and card.demo),
+                    "error": self._errors.get(name),
+                }
+            )
         return out

@@ -57,8 +57,13 @@ def make_tiny_model(root: Path, name: str = TINY_MODEL, demo: bool = True) -> Mo
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(module.state_dict(), directory / WEIGHTS_FILE)
     card = ModelCard(
-        name=name, display_name="Tiny test model", architecture="deeplabv3plus", encoder="mobilenet_v2",
-        input_size=TINY_INPUT, weights_sha256=sha256_of(directory / WEIGHTS_FILE), demo=demo,
+        name=name,
+        display_name="Tiny test model",
+        architecture="deeplabv3plus",
+        encoder="mobilenet_v2",
+        input_size=TINY_INPUT,
+        weights_sha256=sha256_of(directory / WEIGHTS_FILE),
+        demo=demo,
         notes="random weights, for tests of the plumbing only",
     )
     card.save(directory)
@@ -106,9 +111,18 @@ class StoreSCP:
         self.port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [require_tool("storescp"), "--aetitle", ae_title, "--output-directory", str(folder),
-             "--accept-all", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"},
+            [
+                require_tool("storescp"),
+                "--aetitle",
+                ae_title,
+                "--output-directory",
+                str(folder),
+                "--accept-all",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "TCP_NODELAY": "1"},
         )
         wait_for_port(self.port)
 
@@ -140,11 +154,25 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
     scp.stop()
 
 
-def storescu(port: int, *files: Path, called: str = "SPINENODE", calling: str = "STORESCU",
-             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, *files: Path, called: str = "SPINENODE", calling: str = "STORESCU", extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """Send files with dcmtk ``storescu``; returns the completed process (its output holds the statuses)."""
     return subprocess.run(
-        [require_tool("storescu"), "-v", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port),
-         *map(str, files)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "TCP_NODELAY": "1"},
+        [
+            require_tool("storescu"),
+            "-v",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            *extra,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )

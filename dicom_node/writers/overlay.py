@@ -23,6 +23,7 @@ from pydicom.sr.codedict import codes
 from inference.classes import CLASS_COLOURS, FOREGROUND, SpineClass
 from inference.engine import ClassStats, Prediction
 from inference.model_card import ModelCard
+from inference.preprocess import from_dataset
 
 ALPHA = 0.4  # weight of the class colour in the tint
 OUTLINE_PX_PER_1000 = 2.0  # outline thickness per 1000 pixels of the shorter side
@@ -50,8 +51,6 @@ def display_rgb(source: Dataset, display_image: np.ndarray | None = None) -> np.
     prepared from the dataset (modality LUT, VOI window, inversion) by ``inference.preprocess``.
     """
     if display_image is None:
-        from inference.preprocess import from_dataset
-
         display_image = from_dataset(source).image
     image = np.asarray(display_image)
     if image.dtype != np.uint8:
@@ -59,7 +58,7 @@ def display_rgb(source: Dataset, display_image: np.ndarray | None = None) -> np.
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.ndim == 3 and image.shape[2] == 3:
-        return np.ascontiguousarray(image)
+        return image.copy()  # the overlay is drawn in place: leave the caller's image alone
     raise ValueError(f"display image of shape {image.shape} is neither grey nor RGB")
 
 

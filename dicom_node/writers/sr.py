@@ -53,6 +53,8 @@ UNIT_PERCENT = codes.UCUM.Percent
 UNIT_RATIO = codes.UCUM.NoUnits
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"})
 INSTANCE_NUMBER = 1
+# What highdicom raises when a source lacks an attribute its Image Library descriptors need.
+LIBRARY_ERRORS = (AttributeError, KeyError, IndexError, TypeError, ValueError)
 
 
 def coding_scheme() -> CodingSchemeIdentificationItem:
@@ -161,24 +163,37 @@ def observation_context(card: ModelCard, manufacturer: str) -> hd.sr.Observation
     )
 
 
-def _library_images(source: Dataset) -> list[Dataset] | None:
-    """``[source]`` when highdicom can describe it in the Image Library, else ``None`` (library left out).
-
-    highdicom's descriptors need e.g. Patient Orientation and Imager Pixel Spacing for a radiograph.
-    """
-    try:
-        hd.sr.ImageLibraryEntryDescriptors(source)
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        log.debug("source not described in the SR image library: %s", exc)
-        return None
-    return [source]
-
-
 def procedure_reported(source: Dataset) -> Code:
     """CID 100 procedure: an X-ray for projection images, else a generic imaging procedure."""
     if str(source.get("Modality", "")) in PROJECTION_MODALITIES:
         return codes.cid100.XRUnspecifiedBodyRegion
     return codes.cid100.ImagingProcedure
+
+
+def measurement_report(
+    source: Dataset,
+    groups: Sequence[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations],
+    context: hd.sr.ObservationContext,
+) -> hd.sr.MeasurementReport:
+    """TID 1500 with the source in its Image Library, or without the library when highdicom cannot
+    describe the source (its descriptors need e.g. Patient Orientation and Imager Pixel Spacing for a
+    radiograph). A failure for another reason fails the second attempt too, so nothing is hidden.
+    """
+
+    def report(library: list[Dataset] | None) -> hd.sr.MeasurementReport:
+        return hd.sr.MeasurementReport(
+            observation_context=context,
+            procedure_reported=procedure_reported(source),
+            imaging_measurements=groups,
+            title=codes.cid7021.ImagingMeasurementReport,
+            referenced_images=library,
+        )
+
+    try:
+        return report([source])
+    except LIBRARY_ERRORS as exc:
+        log.debug("source left out of the SR image library: %s", exc)
+        return report(None)
 
 
 def build_measurement_report(
@@ -197,13 +212,7 @@ def build_measurement_report(
 ) -> hd.sr.Comprehensive3DSR:
     """The Measurement Report for ``prediction`` on ``source``, referencing ``seg`` (already built)."""
     groups = [measurement_group(spec, prediction, card, source, seg, disclaimer) for spec in SEGMENTS]
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(card, manufacturer),
-        procedure_reported=procedure_reported(source),
-        imaging_measurements=groups,
-        title=codes.cid7021.ImagingMeasurementReport,
-        referenced_images=_library_images(source),
-    )
+    report = measurement_report(source, groups, observation_context(card, manufacturer))
     return hd.sr.Comprehensive3DSR(
         evidence=[source, seg],
         content=report[0],

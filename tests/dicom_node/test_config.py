@@ -19,8 +19,10 @@ def test_default_file_gives_documented_defaults(monkeypatch: pytest.MonkeyPatch)
 
 def test_flags_override_file(tmp_path: Path) -> None:
     f = tmp_path / "n.toml"
-    f.write_text('[node]\nae_title = "FROMFILE"\nport = 2000\ndestinations = ["PACS@pacs.local:104"]\n'
-                 "[retry]\ninitial_s = 1.0\nmax_s = 2.0\n")
+    f.write_text(
+        '[node]\nae_title = "FROMFILE"\nport = 2000\ndestinations = ["PACS@pacs.local:104"]\n'
+        "[retry]\ninitial_s = 1.0\nmax_s = 2.0\n"
+    )
     cfg = load_config(f, port=3000, ae_title=None)
     assert cfg.ae_title == "FROMFILE" and cfg.port == 3000
     assert cfg.destinations == (Destination("PACS", "pacs.local", 104),)
@@ -34,12 +36,15 @@ def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert load_config().ae_title == "ENVNODE"
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[node]\nae_title = "WAY_TOO_LONG_AE_TITLE"\n', "invalid AE title"),
-    ('[node]\nunknown_key = 1\n', "unknown [node] keys"),
-    ('[node]\ndestinations = ["nonsense"]\n', "AE@HOST:PORT"),
-    ("[node\n", "n.toml"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[node]\nae_title = "WAY_TOO_LONG_AE_TITLE"\n', "invalid AE title"),
+        ("[node]\nunknown_key = 1\n", "unknown [node] keys"),
+        ('[node]\ndestinations = ["nonsense"]\n', "AE@HOST:PORT"),
+        ("[node\n", "n.toml"),
+    ],
+)
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "n.toml"
     f.write_text(text)
@@ -49,9 +54,11 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) ->
 
 def test_routes_match_in_order_then_default(tmp_path: Path) -> None:
     f = tmp_path / "n.toml"
-    f.write_text('[node]\nmodel = "default-model"\n'
-                 '[[routes]]\nmodality = "CR"\ncalling_ae = "ROOM2"\nmodel = "cr-model"\ndestinations = ["A@h:1"]\n'
-                 '[[routes]]\nview_position = "PA"\nmodel = "pa-model"\n')
+    f.write_text(
+        '[node]\nmodel = "default-model"\n'
+        '[[routes]]\nmodality = "CR"\ncalling_ae = "ROOM2"\nmodel = "cr-model"\ndestinations = ["A@h:1"]\n'
+        '[[routes]]\nview_position = "PA"\nmodel = "pa-model"\n'
+    )
     cfg = load_config(f)
     assert cfg.route_for("SPINENODE", "ROOM2", "CR", "SPINE", "AP").model == "cr-model"
     assert cfg.route_for("SPINENODE", "ROOM2", "DX", "SPINE", "pa").model == "pa-model"  # case-insensitive

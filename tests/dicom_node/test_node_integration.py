@@ -42,8 +42,12 @@ def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
 def node(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: Path) -> Iterator[Node]:
     os.environ["SPINENODE_MODELS_DIR"] = str(models_root)
     cfg = NodeConfig(
-        data_dir=tmp_path_factory.mktemp("var"), port=free_port(), bind="127.0.0.1", model=TINY_MODEL,
-        destinations=(Destination.parse(dest.destination),), allowed_calling_aes=("STORESCU", "ECHOSCU"),
+        data_dir=tmp_path_factory.mktemp("var"),
+        port=free_port(),
+        bind="127.0.0.1",
+        model=TINY_MODEL,
+        destinations=(Destination.parse(dest.destination),),
+        allowed_calling_aes=("STORESCU", "ECHOSCU"),
     )
     n = Node.compose(cfg)
     n.start()
@@ -62,7 +66,10 @@ def wait_until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-unt
 
 def delivered_count(node: Node) -> int:
     return node.health()["deliveries"]["pending"] == 0 and sum(  # type: ignore[return-value]
-        1 for j in audit_report(node.db)["jobs"] for o in j["outputs"] for d in o["deliveries"]
+        1
+        for j in audit_report(node.db)["jobs"]
+        for o in j["outputs"]
+        for d in o["deliveries"]
         if d["state"] == "delivered"
     )
 
@@ -84,20 +91,29 @@ def test_storescu_to_node_to_storescp(node: Node, dest: StoreSCP, phantom_files:
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
         assert ds.PatientID == source.PatientID
     seg = got[SEG][1]
-    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert (
+        seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    )
     sc = got[SC][1]
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     sr = got[SR3D][1]
-    evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
-                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for r in s.ReferencedSeriesSequence
+        for i in r.ReferencedSOPSequence
+    }
     assert source.SOPInstanceUID in evidence and seg.SOPInstanceUID in evidence
 
     report = audit_report(node.db)
     [job] = [j for j in report["jobs"] if j["sop_instance_uid"] == source.SOPInstanceUID]
     assert job["state"] == "done" and job["model"] == TINY_MODEL
     assert [t["state"] for t in job["transitions"]] == ["received", "queued", "running", "done"]
-    wait_until(lambda: all(d["state"] == "delivered" for o in audit_report(node.db)["jobs"][0]["outputs"]
-                           for d in o["deliveries"]))
+    wait_until(
+        lambda: all(
+            d["state"] == "delivered" for o in audit_report(node.db)["jobs"][0]["outputs"] for d in o["deliveries"]
+        )
+    )
     assert job["metrics"]["classes"]["V"]["area_unit"] == "mm2"
 
 
@@ -124,13 +140,25 @@ def _job_state(node: Node, path: Path) -> JobState | None:
 
 def test_echo_and_association_policy(node: Node) -> None:
     echoscu = require_tool("echoscu")
-    ok = subprocess.run([echoscu, "-aet", "ECHOSCU", "-aec", "SPINENODE", "127.0.0.1", str(node.port)],
-                        capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        [echoscu, "-aet", "ECHOSCU", "-aec", "SPINENODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ok.returncode == 0
-    wrong_called = subprocess.run([echoscu, "-aet", "ECHOSCU", "-aec", "NOTUS", "127.0.0.1", str(node.port)],
-                                  capture_output=True, text=True, timeout=30)
-    intruder = subprocess.run([echoscu, "-aet", "INTRUDER", "-aec", "SPINENODE", "127.0.0.1", str(node.port)],
-                              capture_output=True, text=True, timeout=30)
+    wrong_called = subprocess.run(
+        [echoscu, "-aet", "ECHOSCU", "-aec", "NOTUS", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    intruder = subprocess.run(
+        [echoscu, "-aet", "INTRUDER", "-aec", "SPINENODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert wrong_called.returncode != 0 and intruder.returncode != 0
     with node.db.session() as s:
         rejected = {r.calling_ae: r.reason for r in s.scalars(select(AssociationRecord)) if not r.accepted}
@@ -151,8 +179,15 @@ def test_refusals_reach_the_peer_with_status(node: Node, tmp_path: Path, phantom
 
 def test_delivery_outage_is_retried_then_succeeds(tmp_path: Path, phantom_files: list[Path], models_root: Path) -> None:
     port = free_port()
-    cfg = NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL,
-                     destinations=(Destination("LATE", "127.0.0.1", port),), retry_initial_s=0.5, retry_max_s=1.0)
+    cfg = NodeConfig(
+        data_dir=tmp_path / "var",
+        port=free_port(),
+        bind="127.0.0.1",
+        model=TINY_MODEL,
+        destinations=(Destination("LATE", "127.0.0.1", port),),
+        retry_initial_s=0.5,
+        retry_max_s=1.0,
+    )
     n = Node.compose(cfg)
     n.start()
     try:
@@ -183,8 +218,11 @@ def _storescp_on(folder: Path, ae: str, port: int) -> StoreSCP:
     scp = StoreSCP.__new__(StoreSCP)
     scp.folder, scp.ae_title, scp.port = folder, ae, port
     folder.mkdir(parents=True, exist_ok=True)
-    scp.proc = subprocess.Popen([require_tool("storescp"), "--aetitle", ae, "--output-directory", str(folder),
-                                 "--accept-all", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scp.proc = subprocess.Popen(
+        [require_tool("storescp"), "--aetitle", ae, "--output-directory", str(folder), "--accept-all", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_port(port)
     return scp
 
@@ -217,9 +255,25 @@ def test_serve_cli_on_shipped_default_model(tmp_path: Path, phantom_files: list[
     port = free_port()
     env = {**os.environ, "SPINENODE_MODELS_DIR": str(PROJECT / "models")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dicom_node.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "var"),
-         "--destination", storescp.destination, "--bind", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=PROJECT,
+        [
+            sys.executable,
+            "-m",
+            "dicom_node.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "var"),
+            "--destination",
+            storescp.destination,
+            "--bind",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=PROJECT,
     )
     try:
         wait_for_port(port, timeout=60)
@@ -227,8 +281,13 @@ def test_serve_cli_on_shipped_default_model(tmp_path: Path, phantom_files: list[
         files = storescp.wait_for_files(3, timeout=120)
         for f in files:
             assert dciodvfy_errors(f) == []
-        audit = subprocess.run([sys.executable, "-m", "dicom_node.cli", "audit", "--json", "--data-dir",
-                                str(tmp_path / "var")], capture_output=True, text=True, env=env, cwd=PROJECT)
+        audit = subprocess.run(
+            [sys.executable, "-m", "dicom_node.cli", "audit", "--json", "--data-dir", str(tmp_path / "var")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=PROJECT,
+        )
         [job] = json.loads(audit.stdout)["jobs"]
         assert job["state"] == "done" and job["model"] == "demo-unetplusplus"
         sr = next(dcmread(f) for f in files if dcmread(f).SOPClassUID == SR3D)

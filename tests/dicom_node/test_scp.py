@@ -70,15 +70,26 @@ def test_resent_instance_makes_no_second_job(receiver: Receiver, phantom_files: 
         (lambda ds: delattr(ds, "StudyInstanceUID"), StoreStatus.CANNOT_UNDERSTAND, "StudyInstanceUID"),
         (lambda ds: setattr(ds, "SOPInstanceUID", "1.2.abc"), StoreStatus.CANNOT_UNDERSTAND, "SOPInstanceUID"),
         (lambda ds: delattr(ds, "PixelData"), StoreStatus.CANNOT_UNDERSTAND, "no pixel data"),
-        (lambda ds: (setattr(ds, "Rows", 30000), setattr(ds, "Columns", 30000)), StoreStatus.CANNOT_UNDERSTAND, "too large"),
+        (
+            lambda ds: (setattr(ds, "Rows", 30000), setattr(ds, "Columns", 30000)),
+            StoreStatus.CANNOT_UNDERSTAND,
+            "too large",
+        ),
         (lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]), StoreStatus.CANNOT_UNDERSTAND, "unusable image"),
-        (lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"),
-         StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "does not match"),
+        (
+            lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"),
+            StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            "does not match",
+        ),
     ],
     ids=["no-study-uid", "bad-uid", "no-pixels", "huge", "truncated-pixels", "wrong-class"],
 )
 def test_unusable_input_is_refused_with_reason(
-    receiver: Receiver, phantom_files: list[Path], mutate, status: StoreStatus, comment: str  # type: ignore[no-untyped-def]
+    receiver: Receiver,
+    phantom_files: list[Path],
+    mutate,
+    status: StoreStatus,
+    comment: str,  # type: ignore[no-untyped-def]
 ) -> None:
     ds = copy.deepcopy(dcmread(phantom_files[1]))
     mutate(ds)

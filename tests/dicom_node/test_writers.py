@@ -40,6 +40,7 @@ SEG_CLASS, SR_CLASS, SC_CLASS = (
 )
 SPINE_CODE, T1_CODE, ANATOMICAL_STRUCTURE = "421060004", "64864005", "91723000"
 AREA_CODE, PROBABILITY_CODE, MEAN_CODE = "42798000", "122157", "373098007"
+IMAGE_LIBRARY = "111028"
 
 
 def make_card(weights: str = WEIGHTS, demo: bool = True) -> ModelCard:
@@ -257,6 +258,7 @@ def test_sr_segment_references_and_evidence(written: Written) -> None:
         assert "ReferencedFrameNumber" not in ref.ReferencedSOPSequence[0]
     images = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in content_items(sr) if i.ValueType == "IMAGE"}
     assert src.SOPInstanceUID in images
+    assert any(concept(i)[0] == IMAGE_LIBRARY for i in content_items(sr))
     evidence = {
         item.ReferencedSOPInstanceUID
         for study in sr.CurrentRequestedProcedureEvidenceSequence
@@ -326,7 +328,10 @@ def test_source_with_pixel_spacing_only(phantom: Phantom, tmp_path: Path) -> Non
     assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == pytest.approx(
         [phantom.pixel_spacing_mm] * 2
     )
-    groups = hd.sr.srread(out.paths["sr"]).content.get_volumetric_roi_measurement_groups()
+    sr = hd.sr.srread(out.paths["sr"])
+    # highdicom describes a DX in the Image Library only with Imager Pixel Spacing: the library is left out
+    assert not any(concept(i)[0] == IMAGE_LIBRARY for i in content_items(sr))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
     area = group_measurements(groups[1])["Area"]
     assert area.unit.value == "mm2"
     assert area.value == pytest.approx(np.count_nonzero(phantom.mask == 2) * phantom.pixel_spacing_mm**2)

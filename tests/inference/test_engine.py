@@ -146,8 +146,10 @@ def test_coco_loader_reads_seed_format(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "imgs" / "sub" / "x.png"), img)
     cv2.imwrite(str(tmp_path / "imgs" / "y.png"), img)
     ann = {
-        "images": [{"id": 1, "toras_path": "/sub/x.png", "file_name": "ignored.png", "width": 40, "height": 60},
-                   {"id": 2, "file_name": "y.png"}],
+        "images": [
+            {"id": 1, "toras_path": "/sub/x.png", "file_name": "ignored.png", "width": 40, "height": 60},
+            {"id": 2, "file_name": "y.png"},
+        ],
         "categories": [{"id": 1, "name": "spine"}],
         "annotations": [
             {"id": 1, "image_id": 1, "name": "V", "segmentation": [[5, 5, 30, 5, 30, 50, 5, 50]]},
@@ -171,8 +173,17 @@ def test_bad_data_specs(spec: str) -> None:
 
 
 def test_training_runs_and_writes_a_loadable_card(tmp_path: Path) -> None:
-    cfg = TrainConfig(architecture="deeplabv3plus_dense", encoder="mobilenet_v2", data="phantom:8",
-                      out=tmp_path / "t", max_steps=3, epochs=5, input_size=(96, 32), name="t", threads=2)
+    cfg = TrainConfig(
+        architecture="deeplabv3plus_dense",
+        encoder="mobilenet_v2",
+        data="phantom:8",
+        out=tmp_path / "t",
+        max_steps=3,
+        epochs=5,
+        input_size=(96, 32),
+        name="t",
+        threads=2,
+    )
     card = train(cfg)
     again = find_card("t", tmp_path)
     assert again.weights_sha256 == card.weights_sha256 and len(card.weights_sha256) == 64
