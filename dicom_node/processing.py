@@ -58,6 +58,7 @@ def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
 class JobResult:
     prediction: Prediction
     outputs: dict[OutputKind, Dataset]
+    timings_ms: dict[str, float]  # stage -> milliseconds (kept in the job's audit metrics)
 
 
 class Processor:
@@ -71,11 +72,16 @@ class Processor:
 
     def segment(self, ds: Dataset, model: str) -> JobResult:
         engine = self.models.get(model)
+        t0 = time.perf_counter()
         prepared = from_dataset(ds)
+        t1 = time.perf_counter()
         prediction = engine.predict(prepared, pixel_spacing_mm(ds), flip_agreement=self.flip_agreement)
+        t2 = time.perf_counter()
         built = build_outputs(ds, prediction, engine.card, display_image=prepared.image)
+        t3 = time.perf_counter()
         outputs = {OutputKind.SEG: built.seg, OutputKind.SR: built.sr, OutputKind.SC: built.sc}
-        return JobResult(prediction, outputs)
+        timings = {"decode_preprocess": t1 - t0, "predict": t2 - t1, "build_outputs": t3 - t2}
+        return JobResult(prediction, outputs, {k: round(v * 1000, 1) for k, v in timings.items()})
 
     def run(self, job_id: int) -> None:
         start = time.perf_counter()
@@ -86,11 +92,13 @@ class Processor:
             study_uid = job.instance.study_instance_uid
         ds = dcmread(path)
         result = self.segment(ds, model)
+        t_write = time.perf_counter()
         files = {}
         for kind, out in result.outputs.items():
             out_path = self.storage.output_path(study_uid, str(out.SOPInstanceUID))
             write_durably(out_path, dataset_bytes(out))
             files[kind] = out_path
+        result.timings_ms["encode_write"] = round((time.perf_counter() - t_write) * 1000, 1)
         total_ms = (time.perf_counter() - start) * 1000
         with self.db.session() as s:
             job = s.get(JobRecord, job_id)
@@ -113,7 +121,7 @@ class Processor:
             job.model_version = result.prediction.model_version
             job.inference_ms = round(result.prediction.inference_ms, 1)
             job.total_ms = round(total_ms, 1)
-            job.metrics = result.prediction.to_json()
+            job.metrics = {**result.prediction.to_json(), "timings_ms": result.timings_ms}
             job.state = JobState.DONE
             job.finished_at = utcnow()
             job.error = None
