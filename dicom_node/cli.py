@@ -180,6 +180,26 @@ def cmd_models(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from exc
         print(f"imported {args.path} as {card.name} ({card.architecture})")
         return 0
+    if args.models_command == "calibrate":
+        from inference.calibration import calibrate
+        from inference.engine import Engine
+        from inference.model_card import find_card
+
+        try:
+            card = find_card(args.name)
+        except KeyError as exc:
+            raise CLIError(str(exc.args[0])) from exc
+        result = calibrate(Engine(card), n=args.n, seed=args.seed)
+        card.logit_offsets = result.offsets
+        card.training["calibration"] = {
+            "phantoms": f"phantom:{args.n} (seeds {args.seed}..{args.seed + args.n - 1})",
+            "offsets": result.offsets,
+            "iou_before": result.before,
+            "iou_after": result.after,
+        }
+        card.save(card.directory)
+        print(f"{card.name}: logit offsets {result.offsets}; V/T1 IoU {result.before} -> {result.after}")
+        return 0
     cards = list_cards()
     if args.json:
         print(json.dumps([c.to_json() for c in cards], indent=2))
@@ -223,6 +243,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
     result = evaluate_engine(Engine(card), source.load(), progress=not args.json)
     result["data"] = source.describe()
+    if args.record:  # keep the figures in the model card (e.g. the held-out phantom evaluation)
+        card.metrics[args.record] = result
+        card.save(card.directory)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -297,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("path")
     mi.add_argument("--name", required=True)
     mi.add_argument("--display-name")
+    mc = msub.add_parser("calibrate", help="fit per-class logit offsets on held-out phantoms")
+    mc.add_argument("name")
+    mc.add_argument("--n", type=int, default=40)
+    mc.add_argument("--seed", type=int, default=600000, help="first phantom seed (calibration only)")
     m.set_defaults(func=cmd_models)
 
     t = sub.add_parser("train", help="train a model on phantoms or COCO data")
@@ -325,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--coco", metavar="ANN.json:IMAGE_DIR")
     ev.add_argument("--seed", type=int, default=500000, help="first phantom seed (default: never used in training)")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--record", metavar="KEY", help="also store the result in the model card under metrics.KEY")
     ev.set_defaults(func=cmd_evaluate)
     return p
 

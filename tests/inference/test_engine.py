@@ -191,3 +191,12 @@ def test_training_runs_and_writes_a_loadable_card(tmp_path: Path) -> None:
     assert "test_split" in again.metrics and again.cpu_forward_ms and again.cpu_forward_ms > 0
     result = evaluate_engine(Engine(again), list(DataSource.parse("phantom:2", 123).load()), progress=False)
     assert result["n_images"] == 2 and set(result["per_class"]) == {"V", "T1"}
+
+
+def test_calibration_offsets_never_lower_the_calibration_score(models_root: Path) -> None:
+    from inference.calibration import calibrate
+
+    engine = Engine(find_card("tiny-test-model", models_root))
+    result = calibrate(engine, n=2, seed=600000)
+    assert len(result.offsets) == 3 and result.offsets[0] == 0.0
+    assert result.after["V"] + result.after["T1"] >= result.before["V"] + result.before["T1"]
