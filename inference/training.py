@@ -210,6 +210,9 @@ def train(cfg: TrainConfig) -> ModelCard:
             "history": history,
         },
     )
+    if cfg.init_from is not None and (cfg.init_from.parent / "model.json").is_file():
+        earlier = ModelCard.load(cfg.init_from.parent).training  # staged fine-tuning keeps every stage's record
+        card.training["previous_stages"] = [*earlier.pop("previous_stages", []), earlier]
     card.save(cfg.out)
     if test_idx:
         engine = Engine(card, module)
