@@ -55,12 +55,21 @@ def main() -> int:
     env = {**os.environ, "TCP_NODELAY": "1"}
     work = Path(tempfile.mkdtemp(prefix="spinenode-bench-"))
     dest_port = _free_port()
-    dest = subprocess.Popen(["storescp", "--aetitle", "DEST", "--output-directory", str(work / "dest"),
-                             str(dest_port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dest = subprocess.Popen(
+        ["storescp", "--aetitle", "DEST", "--output-directory", str(work / "dest"), str(dest_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     (work / "dest").mkdir()
     _wait_port(dest_port)
-    cfg = NodeConfig(data_dir=work / "var", port=_free_port(), bind="127.0.0.1", model=args.model,
-                     destinations=(Destination("DEST", "127.0.0.1", dest_port),))
+    cfg = NodeConfig(
+        data_dir=work / "var",
+        port=_free_port(),
+        bind="127.0.0.1",
+        model=args.model,
+        destinations=(Destination("DEST", "127.0.0.1", dest_port),),
+    )
     node = Node.compose(cfg)
     node.start()
     rows = []
@@ -72,14 +81,22 @@ def main() -> int:
             files.append(path)
         for i, path in enumerate(files):
             t0 = time.perf_counter()
-            subprocess.run(["storescu", "-aec", "SPINENODE", "127.0.0.1", str(cfg.port), str(path)], env=env,
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["storescu", "-aec", "SPINENODE", "127.0.0.1", str(cfg.port), str(path)],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             ack_ms = (time.perf_counter() - t0) * 1000
             while True:
                 with node.db.session() as s:
                     job = s.get(JobRecord, i + 1)
-                    pending = s.query(DeliveryRecord).join(OutputRecord).filter(
-                        OutputRecord.job_id == i + 1, DeliveryRecord.state != "delivered").count()
+                    pending = (
+                        s.query(DeliveryRecord)
+                        .join(OutputRecord)
+                        .filter(OutputRecord.job_id == i + 1, DeliveryRecord.state != "delivered")
+                        .count()
+                    )
                     done = job is not None and job.state.value == "done" and pending == 0 and job.outputs
                 if done:
                     break
@@ -91,9 +108,17 @@ def main() -> int:
                 wait_ms = (job.started_at - job.created_at).total_seconds() * 1000
                 last = max(d.delivered_at for o in job.outputs for d in o.deliveries)
                 send_ms = (last - job.finished_at).total_seconds() * 1000
-                rows.append({"end_to_end_ms": end_ms, "cstore_ack_ms": ack_ms, "queue_wait_ms": wait_ms,
-                             **job.metrics["timings_ms"], "job_total_ms": job.total_ms, "deliver_ms": send_ms,
-                             "size": list(job.metrics["image_size"])})
+                rows.append(
+                    {
+                        "end_to_end_ms": end_ms,
+                        "cstore_ack_ms": ack_ms,
+                        "queue_wait_ms": wait_ms,
+                        **job.metrics["timings_ms"],
+                        "job_total_ms": job.total_ms,
+                        "deliver_ms": send_ms,
+                        "size": list(job.metrics["image_size"]),
+                    }
+                )
     finally:
         node.stop()
         dest.terminate()

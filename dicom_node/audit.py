@@ -1,4 +1,5 @@
-"""The audit database: every association, instance, job, output, delivery (with attempts) and event.
+"""The audit database: every association, instance, job, output, delivery (with attempts) and event,
+and every received SEG with the comparisons of the model against reference segmentations.
 
 SQLite in WAL mode with a busy timeout is the embedded default. Records are written explicitly by the
 parts that act (receiver, workers, sender) - never as a side effect of logging. State values are text
@@ -57,6 +58,19 @@ class OutputKind(enum.StrEnum):
     SEG = "seg"
     SR = "sr"
     SC = "sc"
+    EVAL_SR = "eval_sr"  # accuracy against a reference SEG (one per reference; a job may have several)
+
+
+class ReferenceState(enum.StrEnum):
+    """What became of a received SEG (one row per SEG and referenced source image)."""
+
+    OWN_OUTPUT = "own_output"  # one of the node's own SEGs sent back: stored, never compared
+    WAITING = "waiting"  # a reference whose source image has no finished job yet
+    DUE = "due"  # the source's job is done: to be compared
+    EVALUATING = "evaluating"  # a worker is comparing it
+    EVALUATED = "evaluated"  # compared; the comparisons and the evaluation SR are recorded
+    UNUSABLE = "unusable"  # no segment we predict, or masks not at the source's size: nothing to compare
+    FAILED = "failed"  # an unexpected error (re-sending the SEG tries again)
 
 
 class Base(DeclarativeBase):
@@ -130,7 +144,8 @@ class JobTransition(Base):
 
 class OutputRecord(Base):
     __tablename__ = "outputs"
-    __table_args__ = (UniqueConstraint("job_id", "kind"),)
+    # SEG, SR and SC: one per job (Processor.run updates the row); EVAL_SR: one per reference SEG.
+    __table_args__ = (UniqueConstraint("job_id", "kind", "sop_instance_uid"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     kind: Mapped[OutputKind] = mapped_column(_enum(OutputKind))
@@ -168,6 +183,46 @@ class DeliveryAttempt(Base):
     status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class ReceivedSegRecord(Base):
+    """A received Segmentation and one source image it references, with what became of it."""
+
+    __tablename__ = "received_segs"
+    __table_args__ = (UniqueConstraint("instance_id", "source_sop_uid"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    source_sop_uid: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[ReferenceState] = mapped_column(_enum(ReferenceState), index=True)
+    detail: Mapped[str | None] = mapped_column(Text)  # why it is our own output, unusable or failed
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))  # the source's job, once compared
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    instance: Mapped[InstanceRecord] = relationship()
+
+
+class ComparisonRecord(Base):
+    """One segment of a prediction compared with a reference segmentation (true Dice/IoU)."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (UniqueConstraint("received_seg_id", "segment"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_seg_id: Mapped[int] = mapped_column(ForeignKey("received_segs.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))  # weights SHA-256 prefix
+    source_sop_uid: Mapped[str] = mapped_column(String(64))
+    reference_sop_uid: Mapped[str] = mapped_column(String(64), index=True)
+    segment: Mapped[str] = mapped_column(String(64))  # our segment label ("Spine", "T1 vertebra")
+    reference_segments: Mapped[list[int]] = mapped_column(JSON, default=list)  # matched reference numbers
+    dice: Mapped[float | None] = mapped_column(Float)  # None when both masks are empty
+    jaccard: Mapped[float | None] = mapped_column(Float)
+    intersection_pixels: Mapped[int] = mapped_column(Integer)
+    predicted_pixels: Mapped[int] = mapped_column(Integer)
+    reference_pixels: Mapped[int] = mapped_column(Integer)
+    eval_sr_sop_uid: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
 class EventRecord(Base):

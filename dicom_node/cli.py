@@ -1,6 +1,6 @@
 """The ``spinenode`` command line. Logging is configured here and nowhere else.
 
-Commands: serve, echo, send, segment, audit, retry, phantom, models (list / import), train, evaluate.
+Commands: serve, echo, send, segment, audit, metrics, retry, phantom, models (list / import), train, evaluate.
 """
 
 from __future__ import annotations
@@ -148,6 +148,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     db = _open_db(args)
     report = audit_report(db, since=args.since, limit=args.limit)
     print(json.dumps(report, indent=2, default=str) if args.json else format_audit(report))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from dicom_node.comparisons import format_metrics, metrics_report
+
+    config = _node_config(args)
+    alert_below = config.accuracy_alert_below if args.alert_below is None else args.alert_below
+    recent = config.accuracy_recent if args.recent is None else args.recent
+    if not 0.0 <= alert_below <= 1.0 or recent < 1:
+        raise CLIError("need 0 <= --alert-below <= 1 and --recent >= 1")
+    report = metrics_report(_open_db(args), recent, alert_below, model=args.only_model)
+    print(json.dumps(report, indent=2) if args.json else format_metrics(report))
     return 0
 
 
@@ -300,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=int, default=50)
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_audit)
+
+    mt = sub.add_parser("metrics", help="each model's accuracy (Dice/Jaccard) against received reference SEGs")
+    _node_flags(mt)
+    mt.add_argument("--model", dest="only_model", metavar="NAME", help="only this model")
+    mt.add_argument("--json", action="store_true")
+    mt.add_argument("--alert-below", type=float, help="alert under this recent mean Dice (config: [metrics])")
+    mt.add_argument("--recent", type=int, help="how many latest comparisons make the recent mean")
+    mt.set_defaults(func=cmd_metrics)
 
     r = sub.add_parser("retry", help="make waiting deliveries due now")
     _node_flags(r)

@@ -28,6 +28,8 @@ RETRY_MAX_ATTEMPTS = 30  # then the delivery is marked failed (about 25 minutes 
 MAX_BACKLOG = 500  # jobs waiting; beyond this the SCP answers Out of Resources
 MIN_FREE_DISK_MB = 200  # below this free space the SCP answers Out of Resources
 MAX_PIXELS = 80_000_000  # rows x columns x frames accepted for decoding (refused before decoding)
+ACCURACY_ALERT_BELOW = 0.7  # `spinenode metrics` alerts when a model's recent mean Dice is below this
+ACCURACY_RECENT = 20  # ... over this many most recent comparisons (per model and segment)
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
 
@@ -109,6 +111,8 @@ class NodeConfig:
     acse_timeout_s: float = ACSE_TIMEOUT_S
     dimse_timeout_s: float = DIMSE_TIMEOUT_S
     flip_agreement: bool = True
+    accuracy_alert_below: float = ACCURACY_ALERT_BELOW
+    accuracy_recent: int = ACCURACY_RECENT
 
     @property
     def db_path(self) -> Path:
@@ -179,6 +183,13 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     ):
         if key in retry:
             out[name] = retry[key]
+    metrics = raw.get("metrics", {})
+    for key, name in (("alert_below", "accuracy_alert_below"), ("recent", "accuracy_recent")):
+        if key in metrics:
+            out[name] = metrics[key]
+    unknown_metrics = set(metrics) - {"alert_below", "recent"}
+    if unknown_metrics:
+        raise ConfigError(f"unknown [metrics] keys: {', '.join(sorted(unknown_metrics))}")
     routes = []
     for r in raw.get("routes", []):
         routes.append(
@@ -208,6 +219,8 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError("workers must be 0 or more")
     if cfg.retry_initial_s <= 0 or cfg.retry_max_s < cfg.retry_initial_s or cfg.retry_max_attempts < 1:
         raise ConfigError("retry settings: need 0 < initial_s <= max_s and max_attempts >= 1")
+    if not 0.0 <= cfg.accuracy_alert_below <= 1.0 or cfg.accuracy_recent < 1:
+        raise ConfigError("metrics settings: need 0 <= alert_below <= 1 and recent >= 1")
     return replace(cfg, data_dir=Path(cfg.data_dir), ae_title=cfg.ae_title.strip())
 
 

@@ -1,7 +1,8 @@
 """The composition root: builds the node's parts from one typed config and wires them together.
 
-Read top to bottom: database and storage, the job queue, models, the processor and its workers, the
-sender, and the receiver that feeds the queue. ``start`` recovers unfinished work first; ``stop`` stops
+Read top to bottom: database and storage, the job queue, models, the processor, the evaluator of
+reference segmentations, the workers that run both, the sender, and the receiver that feeds the queue.
+``start`` recovers unfinished work first; ``stop`` stops
 intake, lets workers finish the jobs in hand (others stay queued for the next start) and stops sending.
 """
 
@@ -12,8 +13,17 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from dicom_node.audit import AuditDB, DeliveryRecord, DeliveryState, JobRecord, JobState
+from dicom_node.audit import (
+    AuditDB,
+    DeliveryRecord,
+    DeliveryState,
+    JobRecord,
+    JobState,
+    ReceivedSegRecord,
+    ReferenceState,
+)
 from dicom_node.config import NodeConfig
+from dicom_node.evaluation import Evaluator
 from dicom_node.jobs import JobQueue
 from dicom_node.processing import Processor, WorkerPool
 from dicom_node.scp import Receiver
@@ -32,6 +42,7 @@ class Node:
     queue: JobQueue
     models: ModelRegistry
     processor: Processor
+    evaluator: Evaluator
     workers: WorkerPool
     sender: Sender
     receiver: Receiver
@@ -45,15 +56,18 @@ class Node:
         queue = JobQueue(db)
         models = models or ModelRegistry()
         processor = Processor(db, storage, models, flip_agreement=config.flip_agreement)
+        evaluator = Evaluator(db, storage, models.root)
         sender = Sender(config, db)
-        workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify)
-        receiver = Receiver(config, db, storage, on_job=queue.notify)
-        return cls(config, db, storage, queue, models, processor, workers, sender, receiver)
+        workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify, evaluator=evaluator)
+        receiver = Receiver(config, db, storage, on_job=queue.notify, on_reference=queue.notify)
+        return cls(config, db, storage, queue, models, processor, evaluator, workers, sender, receiver)
 
     def start(self, preload: bool = True) -> int:
         recovered = self.queue.recover()
         if recovered:
             log.info("re-queued %d unfinished job(s) from an earlier run", recovered)
+        if self.evaluator.recover():
+            log.info("reference comparisons left unfinished by an earlier run are due again")
         if preload and self.config.workers:
             self.models.get(self.config.model)  # load the default model before accepting work
             for route in self.config.routes:
@@ -87,6 +101,10 @@ class Node:
                 "pending": count(DeliveryRecord, DeliveryRecord.state == DeliveryState.PENDING),
                 "failed": count(DeliveryRecord, DeliveryRecord.state == DeliveryState.FAILED),
             }
+            reference_segs = {
+                state.value: count(ReceivedSegRecord, ReceivedSegRecord.state == state)
+                for state in (ReferenceState.WAITING, ReferenceState.DUE, ReferenceState.EVALUATING)
+            }
         models = self.models.status()
         degraded = any(m["error"] for m in models) or deliveries["failed"] > 0
         return {
@@ -95,5 +113,6 @@ class Node:
             "models": models,
             "queue": queue,
             "deliveries": deliveries,
+            "references": reference_segs,
             "device": "cpu",
         }

@@ -2,7 +2,8 @@
 
 A job's outputs, their deliveries and its ``done`` state are committed in one transaction after the
 files are on disk, so a crash at any point either leaves the job to be re-run (same deterministic UIDs)
-or finished - never half-recorded.
+or finished - never half-recorded. The same transaction makes the reference SEGs waiting for this image
+due; workers compare due references (``dicom_node.evaluation``) when no job is queued.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from dicom_node.audit import (
     OutputRecord,
     utcnow,
 )
+from dicom_node.evaluation import Evaluator
 from dicom_node.jobs import JobQueue
+from dicom_node.references import mark_due
 from dicom_node.storage import Storage, dataset_bytes, write_durably
 from dicom_node.writers.outputs import build_outputs
 from inference.engine import Prediction
@@ -59,6 +62,7 @@ class JobResult:
     prediction: Prediction
     outputs: dict[OutputKind, Dataset]
     timings_ms: dict[str, float]  # stage -> milliseconds (kept in the job's audit metrics)
+    weights_sha256: str = ""  # the full weights identity (the prediction's model version is its prefix)
 
 
 class Processor:
@@ -81,7 +85,8 @@ class Processor:
         t3 = time.perf_counter()
         outputs = {OutputKind.SEG: built.seg, OutputKind.SR: built.sr, OutputKind.SC: built.sc}
         timings = {"decode_preprocess": t1 - t0, "predict": t2 - t1, "build_outputs": t3 - t2}
-        return JobResult(prediction, outputs, {k: round(v * 1000, 1) for k, v in timings.items()})
+        timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()}
+        return JobResult(prediction, outputs, timings_ms, engine.card.weights_sha256)
 
     def run(self, job_id: int) -> None:
         start = time.perf_counter()
@@ -89,7 +94,7 @@ class Processor:
             job = s.get(JobRecord, job_id)
             assert job is not None
             path, model, destinations = job.instance.path, job.model, list(job.destinations)
-            study_uid = job.instance.study_instance_uid
+            study_uid, source_uid = job.instance.study_instance_uid, job.instance.sop_instance_uid
         ds = dcmread(path)
         result = self.segment(ds, model)
         t_write = time.perf_counter()
@@ -103,7 +108,8 @@ class Processor:
         with self.db.session() as s:
             job = s.get(JobRecord, job_id)
             assert job is not None
-            existing = {o.kind: o for o in s.scalars(select(OutputRecord).where(OutputRecord.job_id == job_id))}
+            mine = OutputRecord.kind.in_(list(result.outputs))  # not the evaluation SRs of the job
+            existing = {o.kind: o for o in s.scalars(select(OutputRecord).where(OutputRecord.job_id == job_id, mine))}
             for kind, out in result.outputs.items():
                 rec = existing.get(kind)
                 if rec is None:
@@ -121,24 +127,40 @@ class Processor:
             job.model_version = result.prediction.model_version
             job.inference_ms = round(result.prediction.inference_ms, 1)
             job.total_ms = round(total_ms, 1)
-            job.metrics = {**result.prediction.to_json(), "timings_ms": result.timings_ms}
+            job.metrics = {
+                **result.prediction.to_json(),
+                "weights_sha256": result.weights_sha256,
+                "timings_ms": result.timings_ms,
+            }
             job.state = JobState.DONE
             job.finished_at = utcnow()
             job.error = None
             s.add(JobTransition(job_id=job_id, state=JobState.DONE))
+            due = mark_due(s, source_uid)
         log.info(
             "job %d done: %s in %.0f ms (inference %.0f ms)", job_id, model, total_ms, result.prediction.inference_ms
         )
+        if due:
+            log.info("job %d: %d reference segmentation(s) of its image to compare", job_id, due)
 
 
 class WorkerPool:
-    """``n`` threads taking jobs from the queue until stopped."""
+    """``n`` threads taking jobs from the queue - and, when none is queued, due reference comparisons -
+    until stopped."""
 
-    def __init__(self, queue: JobQueue, processor: Processor, n: int, on_done: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        processor: Processor,
+        n: int,
+        on_done: Callable[[], None],
+        evaluator: Evaluator | None = None,
+    ) -> None:
         self.queue = queue
         self.processor = processor
         self.n = n
         self.on_done = on_done
+        self.evaluator = evaluator
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.busy = 0
@@ -160,7 +182,8 @@ class WorkerPool:
         while not self._stop.is_set():
             job_id = self.queue.claim()
             if job_id is None:
-                self.queue.wait(IDLE_POLL_S)
+                if not self._evaluate_one():
+                    self.queue.wait(IDLE_POLL_S)
                 continue
             self.busy += 1
             try:
@@ -173,6 +196,22 @@ class WorkerPool:
             finally:
                 self.busy -= 1
             self.on_done()
+
+    def _evaluate_one(self) -> bool:
+        """Compare one due reference SEG, if any. Returns whether there was one."""
+        ref_id = self.evaluator.claim() if self.evaluator is not None else None
+        if ref_id is None or self.evaluator is None:
+            return False
+        self.busy += 1
+        try:
+            self.evaluator.run(ref_id)
+        except Exception as exc:  # one reference's failure is recorded; the worker carries on
+            log.exception("comparison of reference %d failed", ref_id)
+            self.evaluator.fail(ref_id, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.busy -= 1
+        self.on_done()
+        return True
 
 
 __all__ = ["JobResult", "Processor", "WorkerPool", "pixel_spacing_mm"]

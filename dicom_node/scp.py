@@ -1,5 +1,9 @@
 """The Storage SCP: Verification and C-STORE of spine radiographs, acknowledged only once durable.
 
+Radiographs become segmentation jobs. Segmentation Storage (SEG) objects branch off before image
+validation: they are stored and recorded the same way, then either recognised as the node's own output
+or kept as a reference segmentation to measure the model against (``dicom_node.references``).
+
 A C-STORE is answered Success only after the instance is on disk (temporary file, fsync, rename) and its
 instance and job rows are committed in one transaction. The handler never raises: what it expects gets a
 named status (:class:`StoreStatus`) and an ErrorComment, anything else becomes Processing Failure; every
@@ -12,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -35,19 +40,20 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node import references
 from dicom_node.audit import (
     AssociationRecord,
     AuditDB,
-    EventRecord,
-    InstanceRecord,
     JobRecord,
     JobState,
     JobTransition,
     utcnow,
 )
 from dicom_node.config import NodeConfig
+from dicom_node.instances import known_instance, new_instance
 from dicom_node.status import StoreStatus
 from dicom_node.storage import Storage, write_durably
+from dicom_node.writers.outputs import MANUFACTURER as OWN_MANUFACTURER
 from inference.preprocess import UnusableImageError, from_dataset
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,14 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     RLELossless,
 )
 REQUIRED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# Secondary Capture is a radiograph when its Modality says X-ray, or when it says nothing specific (OT or
+# empty) and the capture is not one that cannot hold a radiograph: a workstation capture (screens,
+# rendered results), a scanned document, a drawing, a synthetic image. The node's own overlay (OT, DI) is
+# recognised by its Manufacturer and never segmented again, so that a PACS routing every SC cannot loop.
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+SC_RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG", "RF", "PX"})
+SC_UNSPECIFIED_MODALITIES = frozenset({"OT", ""})
+SC_NON_RADIOGRAPH_CONVERSIONS = frozenset({"WSD", "SD", "DRW", "SYN"})
 PENDING_STATES = (JobState.RECEIVED, JobState.QUEUED, JobState.RUNNING)
 
 
@@ -99,11 +113,19 @@ class ReceiveResult:
 class Receiver:
     """Owns the pynetdicom AE acting as SCP; hands new jobs to ``on_job``."""
 
-    def __init__(self, config: NodeConfig, db: AuditDB, storage: Storage, on_job: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        db: AuditDB,
+        storage: Storage,
+        on_job: Callable[[int], None],
+        on_reference: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
         self.db = db
         self.storage = storage
         self.on_job = on_job
+        self.on_reference = on_reference  # a reference SEG is due for comparison
         self.accepting = True  # False while shutting down: new instances get Out of Resources
         self._backlog_lock = threading.Lock()
         self.ae = self._build_ae()
@@ -122,6 +144,8 @@ class Receiver:
         ae.add_supported_context(Verification)
         for uid in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES))
+        for uid in references.REFERENCE_SOP_CLASSES:
+            ae.add_supported_context(uid, list(references.REFERENCE_TRANSFER_SYNTAXES))
         return ae
 
     def start(self) -> int:
@@ -244,13 +268,10 @@ class Receiver:
     ) -> ReceiveResult:
         """Validate, persist and enqueue one instance. Raises :class:`Refusal` for expected refusals."""
         self._check_capacity()
+        if context_sop_class in references.REFERENCE_SOP_CLASSES:
+            return self._receive_segmentation(ds, encoded, context_sop_class, assoc_id)
         self.validate(ds, context_sop_class)
-        sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
-        path = self.storage.instance_path(study_uid, sop_uid)
-        try:
-            write_durably(path, encoded)
-        except OSError as exc:
-            raise Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot store instance: {exc.strerror or exc}") from exc
+        path = self._store(ds, encoded)
         route = self.config.route_for(
             called_ae,
             calling_ae,
@@ -266,8 +287,36 @@ class Receiver:
             self.on_job(job_id)
         return ReceiveResult(StoreStatus.SUCCESS, job_id, duplicate)
 
-    def validate(self, ds: Dataset, context_sop_class: str) -> None:
-        """Refuse what we cannot use, before any pixel decoding where possible."""
+    def _store(self, ds: Dataset, encoded: bytes) -> Path:
+        """Write the instance durably; returns its path."""
+        path = self.storage.instance_path(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+        try:
+            write_durably(path, encoded)
+        except OSError as exc:
+            raise Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot store instance: {exc.strerror or exc}") from exc
+        return path
+
+    def _receive_segmentation(
+        self, ds: Dataset, encoded: bytes, context_sop_class: str, assoc_id: int | None
+    ) -> ReceiveResult:
+        """Validate, persist and record a SEG: our own output, or a reference to compare with."""
+        self._check_identity(ds, context_sop_class)
+        try:
+            sources = references.check_segmentation(ds)
+        except references.UnusableSegmentation as exc:
+            raise Refusal(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
+        path = self._store(ds, encoded)
+        try:
+            with self.db.session() as s:
+                due, duplicate = references.record(s, ds, path, len(encoded), assoc_id, sources)
+        except SQLAlchemyError as exc:
+            raise Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot record instance: {type(exc).__name__}") from exc
+        if due and self.on_reference is not None:
+            self.on_reference()
+        return ReceiveResult(StoreStatus.SUCCESS, None, duplicate)
+
+    def _check_identity(self, ds: Dataset, context_sop_class: str) -> None:
+        """UIDs present and valid, SOP class that of the presentation context."""
         for keyword in REQUIRED_UIDS:
             value = str(ds.get(keyword, "") or "")
             if not value or not UID(value).is_valid:
@@ -278,6 +327,11 @@ class Receiver:
                 StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                 f"SOPClassUID {sop_class} does not match the presentation context {context_sop_class}",
             )
+
+    def validate(self, ds: Dataset, context_sop_class: str) -> None:
+        """Refuse what we cannot use, before any pixel decoding where possible."""
+        self._check_identity(ds, context_sop_class)
+        sop_class = str(ds.SOPClassUID)
         if "PixelData" not in ds:
             raise Refusal(StoreStatus.CANNOT_UNDERSTAND, "no pixel data")
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -289,18 +343,8 @@ class Receiver:
                 StoreStatus.CANNOT_UNDERSTAND,
                 f"image too large: {rows}x{cols}x{frames} exceeds {self.config.max_pixels} pixels",
             )
-        if sop_class.startswith("1.2.840.10008.5.1.4.1.1.7") and str(ds.get("Modality", "")) not in (
-            "CR",
-            "DX",
-            "RG",
-            "RF",
-            "PX",
-            "OT",
-            "",
-        ):
-            raise Refusal(
-                StoreStatus.CANNOT_UNDERSTAND, f"Secondary Capture of modality {ds.Modality} is not a radiograph"
-            )
+        if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+            _check_secondary_capture(ds)
         try:
             from_dataset(ds)
         except UnusableImageError as exc:
@@ -325,39 +369,16 @@ class Receiver:
         self, ds: Dataset, path: Any, size: int, assoc_id: int | None, route: Any, called_ae: str
     ) -> tuple[int | None, bool]:
         """Insert instance + queued job in one transaction. Returns (job id to run or None, duplicate)."""
-        sop_uid = str(ds.SOPInstanceUID)
         with self.db.session() as s:
-            existing = s.scalar(select(InstanceRecord).where(InstanceRecord.sop_instance_uid == sop_uid))
+            existing = known_instance(s, ds, assoc_id)
             if existing is not None:
-                existing.times_received += 1
                 job = s.scalar(select(JobRecord).where(JobRecord.instance_id == existing.id))
-                s.add(
-                    EventRecord(
-                        kind="duplicate",
-                        sop_instance_uid=sop_uid,
-                        association_id=assoc_id,
-                        job_id=job.id if job else None,
-                        detail="instance received again",
-                    )
-                )
                 if job is not None and job.state == JobState.FAILED:
                     job.state = JobState.QUEUED
                     s.add(JobTransition(job_id=job.id, state=JobState.QUEUED, detail="re-sent after failure"))
                     return job.id, True
                 return None, True
-            inst = InstanceRecord(
-                sop_instance_uid=sop_uid,
-                sop_class_uid=str(ds.SOPClassUID),
-                study_instance_uid=str(ds.StudyInstanceUID),
-                series_instance_uid=str(ds.SeriesInstanceUID),
-                transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-                modality=str(ds.get("Modality", "")) or None,
-                size_bytes=size,
-                path=str(path),
-                association_id=assoc_id,
-            )
-            s.add(inst)
-            s.flush()
+            inst = new_instance(s, ds, path, size, assoc_id)
             job = JobRecord(
                 instance_id=inst.id,
                 state=JobState.QUEUED,
@@ -382,6 +403,23 @@ class Receiver:
             )
         except Exception:  # the database itself may be the problem; the status still goes out
             log.exception("could not record refusal of %s", sop_uid)
+
+
+def _check_secondary_capture(ds: Dataset) -> None:
+    """Refuse a Secondary Capture that is not a radiograph (see ``SC_RADIOGRAPH_MODALITIES``)."""
+    if str(ds.get("Manufacturer", "")) == OWN_MANUFACTURER:
+        raise Refusal(StoreStatus.CANNOT_UNDERSTAND, f"a {OWN_MANUFACTURER} overlay is not segmented again")
+    modality = str(ds.get("Modality", "") or "")
+    if modality in SC_RADIOGRAPH_MODALITIES:
+        return
+    if modality not in SC_UNSPECIFIED_MODALITIES:
+        raise Refusal(StoreStatus.CANNOT_UNDERSTAND, f"Secondary Capture of modality {modality} is not a radiograph")
+    conversion = str(ds.get("ConversionType", "") or "")
+    if conversion in SC_NON_RADIOGRAPH_CONVERSIONS:
+        raise Refusal(
+            StoreStatus.CANNOT_UNDERSTAND,
+            f"Secondary Capture of modality {modality or 'none'} and conversion {conversion} is not a radiograph",
+        )
 
 
 def _is_decode_error(exc: Exception) -> bool:

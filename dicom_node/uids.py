@@ -2,8 +2,9 @@
 
 Every output UID is a ``2.25.`` UID (PS3.5 B.2: the decimal form of a 128-bit UUID) whose bits come from
 the SHA-256 of what identifies the output: the source image, the model, its weights and the kind of
-object. Running the same model on the same image again therefore gives the same study-level UIDs, so a
-resend replaces instead of duplicating, while new weights give new UIDs.
+object (for an evaluation, also the reference SEG). Running the same model on the same image again
+therefore gives the same study-level UIDs, so a resend replaces instead of duplicating, while new
+weights give new UIDs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ SR_SERIES = "sr-series"
 SR = "sr"
 SC_SERIES = "sc-series"
 SC = "sc"
+EVAL_SR_SERIES = "eval-sr-series"
+EVAL_SR = "eval-sr"
 DEVICE = "device"
 
 
@@ -52,9 +55,30 @@ def tracking_uid(source_sop_uid: str, model_name: str, weights_sha256: str, segm
     return output_uid(source_sop_uid, model_name, weights_sha256, f"tracking-{segment}")
 
 
+def evaluation_uid(source_sop_uid: str, model_name: str, weights_sha256: str, reference_sop_uid: str, kind: str) -> str:
+    """The UID of an evaluation output (``"eval-sr"``, ``"eval-sr-series"``) against one reference SEG.
+
+    Each reference (e.g. a second reader's SEG of the same image) gets its own series and instance.
+    """
+    return output_uid(source_sop_uid, model_name, weights_sha256, f"{kind}:{reference_sop_uid}")
+
+
 def device_uid(model_name: str, weights_sha256: str) -> str:
     """The Device Observer UID of a model (the same for every image it reads)."""
     return _uid_from_parts(["spinenode-device", model_name, weights_sha256, DEVICE])
 
 
-__all__ = ["SC", "SC_SERIES", "SEG", "SEG_SERIES", "SR", "SR_SERIES", "device_uid", "output_uid", "tracking_uid"]
+__all__ = [
+    "EVAL_SR",
+    "EVAL_SR_SERIES",
+    "SC",
+    "SC_SERIES",
+    "SEG",
+    "SEG_SERIES",
+    "SR",
+    "SR_SERIES",
+    "device_uid",
+    "evaluation_uid",
+    "output_uid",
+    "tracking_uid",
+]

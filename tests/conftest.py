@@ -49,17 +49,23 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
-def make_tiny_model(root: Path, name: str = TINY_MODEL, demo: bool = True) -> ModelCard:
-    """A real (randomly initialised, deterministic) small network with a card, in ``root``."""
+def make_tiny_model(
+    root: Path, name: str = TINY_MODEL, demo: bool = True, architecture: str = "deeplabv3plus"
+) -> ModelCard:
+    """A real (randomly initialised, deterministic) small network with a card, in ``root``.
+
+    The default DeepLabV3+ predicts background everywhere; a ``"unetplusplus"`` one predicts all three
+    classes in a random pattern (for tests whose figures must not be trivially zero).
+    """
     torch.manual_seed(0)
-    module = build_model("deeplabv3plus", "mobilenet_v2").eval()
+    module = build_model(architecture, "mobilenet_v2").eval()
     directory = root / name
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(module.state_dict(), directory / WEIGHTS_FILE)
     card = ModelCard(
         name=name,
         display_name="Tiny test model",
-        architecture="deeplabv3plus",
+        architecture=architecture,
         encoder="mobilenet_v2",
         input_size=TINY_INPUT,
         weights_sha256=sha256_of(directory / WEIGHTS_FILE),

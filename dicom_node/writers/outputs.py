@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from dicom_node import uids
 from dicom_node.writers.overlay import build_overlay
 from dicom_node.writers.seg import build_segmentation
+from dicom_node.writers.source import writable_source
 from dicom_node.writers.sr import build_measurement_report
 from inference.engine import Prediction
 from inference.model_card import DEMO_DISCLAIMER, ModelCard
@@ -76,6 +77,8 @@ def build_outputs(
     ``display_image`` is the source as displayed (grey uint8 or [0, 1] float, or RGB); without it the
     overlay prepares the image from the dataset.
     """
+
+    source = writable_source(source)
 
     def uid(kind: str) -> str:
         return uids.output_uid(source.SOPInstanceUID, card.name, card.weights_sha256, kind)

@@ -39,6 +39,17 @@ NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
 INSTANCE_NUMBER = 1
 PAIRED_LATERALITY = frozenset({"L", "R"})  # the values Laterality (General Series) allows
+# Body Part Examined defined terms of unpaired structures (PS3.16 Annex L), as dciodvfy knows them:
+# with one of these the SC carries no Laterality; with any other value (paired, non-standard such as
+# "THORAX", or none) Laterality is required (type 2C) and the SC carries it, empty when unknown.
+UNPAIRED_BODY_PARTS = frozenset(
+    """ABDOMEN ABDOMENPELVIS AORTA BLADDER BRAIN CEREBELLUM CERVIX CHEST CHESTABDPELVIS CIRCLEOFWILLIS
+    COCCYX COLON CORONARYARTERY CSPINE CTSPINE DUODENUM ESOPHAGUS GALLBLADDER HEAD HEADNECK HEART ILEUM
+    ILIUM JAW JEJUNUM LARYNX LIVER LSPINE LSSPINE MAXILLA MEDIASTINUM MOUTH NECK NECKCHEST NECKCHESTABDOMEN
+    NECKCHESTABDPELV NOSE PANCREAS PELVIS PENIS PHARYNX PROSTATE RECTUM SCALP SKULL SPINE SPLEEN SSPINE
+    STERNUM STOMACH THYMUS THYROID TLSPINE TONGUE TRACHEA TSPINE URETER URETHRA UTERUS VAGINA VULVA
+    WHOLEBODY""".split()
+)
 # highdicom's SC constructor insists on a patient orientation; used only while building when the
 # source has none, and replaced by an empty (type 2) Patient Orientation afterwards.
 _PLACEHOLDER_ORIENTATION = ("L", "F")
@@ -176,14 +187,21 @@ def _source_image_item(source: Dataset) -> Dataset:
 
 
 def _copy_anatomy(sc: Dataset, source: Dataset) -> None:
-    """Body Part Examined, and Laterality (type 2C, needed by validators when the body part is unknown)."""
-    if source.get("BodyPartExamined"):
-        sc.BodyPartExamined = source.BodyPartExamined
-    if source.get("Laterality"):
-        sc.Laterality = source.Laterality
-    elif "BodyPartExamined" not in sc:
-        image_laterality = str(source.get("ImageLaterality", ""))
-        sc.Laterality = image_laterality if image_laterality in PAIRED_LATERALITY else ""
+    """Body Part Examined, and Laterality (type 2C) unless the body part is a known unpaired structure.
+
+    Laterality is the source's, else its Image Laterality when that is L or R, else empty.
+    """
+    body_part = str(source.get("BodyPartExamined", "") or "")
+    if body_part:
+        sc.BodyPartExamined = body_part
+    if body_part.strip().upper() in UNPAIRED_BODY_PARTS:
+        return
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(source.get(keyword, "") or "")
+        if value in PAIRED_LATERALITY:
+            sc.Laterality = value
+            return
+    sc.Laterality = ""
 
 
 def build_overlay(

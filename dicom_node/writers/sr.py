@@ -17,6 +17,9 @@ group carries the segment's Tracking Identifier and UID (the same as in the SEG)
 Demo models get a "Comment" text with the disclaimer in every group. The document evidence lists only
 the source image and the SEG; the source is also described in the Image Library when highdicom can
 describe it.
+
+``segment_group`` and ``comprehensive_sr`` are shared with the evaluation SR
+(``dicom_node.writers.evaluation_sr``), which carries true Dice/Jaccard against a reference SEG.
 """
 
 from __future__ import annotations
@@ -106,15 +109,17 @@ def measurements(stats: ClassStats) -> list[hd.sr.Measurement]:
     return items
 
 
-def measurement_group(
+def segment_group(
     spec: SegmentSpec,
-    prediction: Prediction,
     card: ModelCard,
     source: Dataset,
     seg: Dataset,
-    disclaimer: str | None,
+    items: Sequence[hd.sr.Measurement],
+    comments: Sequence[str] = (),
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """The measurement group of one segment, referencing that segment of the SEG as a whole."""
+    """A measurement group about one segment of ``seg`` as a whole: tracking identifier (shared with the
+    SEG), finding type, the model as algorithm, ``items`` and a "Comment" text per entry of ``comments``.
+    """
     reference = hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID,
         sop_instance_uid=seg.SOPInstanceUID,
@@ -136,15 +141,26 @@ def measurement_group(
         algorithm_id=hd.sr.AlgorithmIdentification(
             name=card.name, version=card.version, family=codes.DCM.ArtificialIntelligence
         ),
-        measurements=measurements(segment_stats(spec, prediction)),
+        measurements=list(items),
     )
-    if disclaimer:
+    for text in comments:
         group[0].ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=COMMENT, value=disclaimer, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-            )
+            hd.sr.TextContentItem(name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
         )
     return group
+
+
+def measurement_group(
+    spec: SegmentSpec,
+    prediction: Prediction,
+    card: ModelCard,
+    source: Dataset,
+    seg: Dataset,
+    disclaimer: str | None,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """The measurement group of one segment of a prediction, referencing that segment of the SEG."""
+    items = measurements(segment_stats(spec, prediction))
+    return segment_group(spec, card, source, seg, items, [disclaimer] if disclaimer else [])
 
 
 def observation_context(card: ModelCard, manufacturer: str) -> hd.sr.ObservationContext:
@@ -196,10 +212,10 @@ def measurement_report(
         return report(None)
 
 
-def build_measurement_report(
+def comprehensive_sr(
     source: Dataset,
-    seg: Dataset,
-    prediction: Prediction,
+    evidence: Sequence[Dataset],
+    groups: Sequence[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations],
     card: ModelCard,
     *,
     series_uid: str,
@@ -208,13 +224,13 @@ def build_measurement_report(
     manufacturer: str,
     series_description: str,
     software_versions: str | Sequence[str],
-    disclaimer: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The Measurement Report for ``prediction`` on ``source``, referencing ``seg`` (already built)."""
-    groups = [measurement_group(spec, prediction, card, source, seg, disclaimer) for spec in SEGMENTS]
+    """A TID 1500 report of ``groups`` by ``card``'s model on ``source``, as a Comprehensive 3D SR in the
+    source's study that declares the private coding scheme and lists ``evidence`` (source first).
+    """
     report = measurement_report(source, groups, observation_context(card, manufacturer))
     return hd.sr.Comprehensive3DSR(
-        evidence=[source, seg],
+        evidence=list(evidence),
         content=report[0],
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -232,13 +248,49 @@ def build_measurement_report(
     )
 
 
+def build_measurement_report(
+    source: Dataset,
+    seg: Dataset,
+    prediction: Prediction,
+    card: ModelCard,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    manufacturer: str,
+    series_description: str,
+    software_versions: str | Sequence[str],
+    disclaimer: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The Measurement Report for ``prediction`` on ``source``, referencing ``seg`` (already built)."""
+    groups = [measurement_group(spec, prediction, card, source, seg, disclaimer) for spec in SEGMENTS]
+    return comprehensive_sr(
+        source,
+        [source, seg],
+        groups,
+        card,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        series_number=series_number,
+        manufacturer=manufacturer,
+        series_description=series_description,
+        software_versions=software_versions,
+    )
+
+
 __all__ = [
+    "COMMENT",
     "COVERAGE",
     "FLIP_DICE",
     "FLIP_JACCARD",
     "PRIVATE_SCHEME",
+    "UNIT_PIXELS",
+    "UNIT_RATIO",
     "build_measurement_report",
+    "coding_scheme",
+    "comprehensive_sr",
     "measurement_group",
     "measurements",
+    "segment_group",
     "segment_stats",
 ]

@@ -43,6 +43,8 @@ def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("[node]\nunknown_key = 1\n", "unknown [node] keys"),
         ('[node]\ndestinations = ["nonsense"]\n', "AE@HOST:PORT"),
         ("[node\n", "n.toml"),
+        ("[metrics]\nalert_below = 1.5\n", "metrics settings"),
+        ("[metrics]\nwindow = 5\n", "unknown [metrics] keys"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:

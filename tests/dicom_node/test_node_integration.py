@@ -24,6 +24,8 @@ from dicom_node.audit import AssociationRecord, DeliveryState, JobRecord, JobSta
 from dicom_node.config import Destination, NodeConfig
 from dicom_node.node import Node
 from dicom_node.report import audit_report
+from inference.metrics import overlap
+from inference.phantom import make_phantom
 from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu, wait_for_port
 from tests.dciodvfy import dciodvfy_errors
 
@@ -292,6 +294,14 @@ def test_serve_cli_on_shipped_default_model(tmp_path: Path, phantom_files: list[
         assert job["state"] == "done" and job["model"] == "demo-unetplusplus"
         sr = next(dcmread(f) for f in files if dcmread(f).SOPClassUID == SR3D)
         assert "NOT FOR DIAGNOSTIC USE" in str(sr).upper()
+        # the shipped model segments an unseen phantom: compare the SEG with the phantom's true mask
+        seg = next(dcmread(f) for f in files if dcmread(f).SOPClassUID == SEG)
+        frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)  # segment 1 Spine, segment 2 T1
+        truth = make_phantom(int(phantom_files[0].stem.split("-")[1]), height=640).mask
+        spine = overlap(frames[0] > 0, truth > 0)
+        t1 = overlap(frames[1] > 0, truth == 2)
+        assert spine.dice is not None and spine.dice > 0.85, spine
+        assert t1.dice is not None and t1.dice > 0.6, t1
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)

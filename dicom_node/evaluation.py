@@ -1,0 +1,270 @@
+"""The model against reference segmentations: true Dice/Jaccard, an evaluation SR, and the audit record.
+
+A worker claims a due reference (a ``received_segs`` row: due -> evaluating), reads the SEG the node
+wrote for the source's job (the ``outputs`` table has its path) and the reference SEG, compares them
+(``dicom_node.seg_compare``), writes the evaluation SR (``writers.evaluation_sr``) durably and then, in
+one transaction, records the SR as an output of the job with a delivery to each of the job's
+destinations, one ``comparisons`` row per matched segment, and the reference as evaluated. A crash in
+between leaves the row evaluating: the next start makes it due again, and the deterministic UIDs give
+the same SR. A reference that cannot be compared (no segment we predict, masks not at the source's size)
+ends ``unusable`` with the reason; an unexpected error ends ``failed`` (re-sending the SEG retries).
+A reference whose matched segments name our model as their algorithm and equal our masks pixel for pixel
+is our SEG re-exported without edits (OHIF marks every segment of a loaded SEG SEMIAUTOMATIC on export,
+edited or not): it ends ``own_output`` instead of scoring a perfect Dice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+from pydicom import dcmread
+from sqlalchemy import delete, select
+
+from dicom_node.audit import (
+    AuditDB,
+    ComparisonRecord,
+    DeliveryRecord,
+    DeliveryState,
+    EventRecord,
+    InstanceRecord,
+    JobRecord,
+    JobState,
+    OutputKind,
+    OutputRecord,
+    ReceivedSegRecord,
+    ReferenceState,
+    utcnow,
+)
+from dicom_node.seg_compare import SegmentComparison, UnusableReference, compare
+from dicom_node.storage import Storage, dataset_bytes, write_durably
+from dicom_node.writers.evaluation_sr import build_evaluation_report
+from dicom_node.writers.outputs import RESEARCH
+from inference.model_card import ModelCard, find_card
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_ARCHITECTURE = "unknown"
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one comparison needs, read in one short transaction."""
+
+    reference_path: str
+    reference_sop_uid: str
+    source_uid: str
+    source_path: str
+    study_uid: str
+    job_id: int
+    model: str
+    model_version: str
+    weights_sha256: str
+    seg_path: str
+    destinations: tuple[str, ...]
+
+
+class Evaluator:
+    """Claims due references and compares each with the prediction for its source image."""
+
+    def __init__(self, db: AuditDB, storage: Storage, models_root: Path | None = None) -> None:
+        self.db = db
+        self.storage = storage
+        self.models_root = models_root
+
+    def recover(self) -> int:
+        """Make references left evaluating by an earlier process due again. Returns how many."""
+        with self.db.session() as s:
+            evaluating = ReceivedSegRecord.state == ReferenceState.EVALUATING
+            rows = list(s.scalars(select(ReceivedSegRecord).where(evaluating)))
+            for row in rows:
+                row.state = ReferenceState.DUE
+            return len(rows)
+
+    def claim(self) -> int | None:
+        """Take the oldest due reference (due -> evaluating); None when there is none."""
+        with self.db.session() as s:
+            row = s.scalar(
+                select(ReceivedSegRecord)
+                .where(ReceivedSegRecord.state == ReferenceState.DUE)
+                .order_by(ReceivedSegRecord.id)
+                .limit(1)
+            )
+            if row is None:
+                return None
+            row.state = ReferenceState.EVALUATING
+            row.attempts += 1
+            return row.id
+
+    def fail(self, ref_id: int, reason: str) -> None:
+        """Record an unexpected failure of a comparison (state failed, and an event)."""
+        self._finish(ref_id, ReferenceState.FAILED, reason)
+
+    def run(self, ref_id: int) -> None:
+        """Compare one claimed reference with our prediction and record the outcome."""
+        work = self._work(ref_id)
+        if work is None:
+            return
+        ours = hd.seg.segread(work.seg_path)
+        reference = hd.seg.segread(work.reference_path)
+        try:
+            comparisons = compare(ours, reference, work.source_uid)
+        except UnusableReference as exc:
+            log.warning("reference %s not compared: %s", work.reference_sop_uid, exc)
+            self._finish(ref_id, ReferenceState.UNUSABLE, str(exc))
+            return
+        if unedited_copy(comparisons, reference, work.model):
+            self._finish(ref_id, ReferenceState.OWN_OUTPUT, f"identical to our SEG, segments by {work.model}")
+            return
+        card = self.card_for(work, ours)
+        sr = build_evaluation_report(dcmread(work.source_path), ours, reference, comparisons, card)
+        path = self.storage.output_path(work.study_uid, str(sr.SOPInstanceUID))
+        write_durably(path, dataset_bytes(sr))
+        self._record(ref_id, work, sr, path, comparisons)
+        log.info(
+            "reference %s vs job %d (%s %s): %s",
+            work.reference_sop_uid,
+            work.job_id,
+            work.model,
+            work.model_version,
+            ", ".join(f"{c.spec.label} Dice {_figure(c.dice)} IoU {_figure(c.jaccard)}" for c in comparisons),
+        )
+
+    def card_for(self, work: Work, ours: hd.seg.Segmentation) -> ModelCard:
+        """The card of the model that made the job's prediction.
+
+        The model's card while its weights are those of the job; otherwise (weights replaced, model
+        removed) a card naming the job's model and weights, with the display name and demo flag our SEG
+        recorded (Manufacturer's Model Name, Content Qualification RESEARCH).
+        """
+        try:
+            card = find_card(work.model, self.models_root)
+        except KeyError:
+            card = None
+        same_weights = card is not None and (
+            card.weights_sha256 == work.weights_sha256
+            or (not work.weights_sha256 and card.version == work.model_version)
+        )
+        if card is not None and same_weights:
+            return card
+        return ModelCard(
+            name=work.model,
+            display_name=str(ours.get("ManufacturerModelName", "") or work.model),
+            architecture=UNKNOWN_ARCHITECTURE,
+            encoder=None,
+            input_size=(0, 0),
+            weights_sha256=work.weights_sha256 or work.model_version,
+            demo=str(ours.get("ContentQualification", "")) == RESEARCH,
+        )
+
+    def _work(self, ref_id: int) -> Work | None:
+        """The inputs of a comparison; None (and the reference waits again) when the job is not done."""
+        with self.db.session() as s:
+            ref = s.get(ReceivedSegRecord, ref_id)
+            assert ref is not None
+            job = s.scalar(
+                select(JobRecord)
+                .join(InstanceRecord, JobRecord.instance_id == InstanceRecord.id)
+                .where(InstanceRecord.sop_instance_uid == ref.source_sop_uid)
+            )
+            if job is None or job.state != JobState.DONE:
+                ref.state = ReferenceState.WAITING
+                return None
+            seg = s.scalar(
+                select(OutputRecord).where(OutputRecord.job_id == job.id, OutputRecord.kind == OutputKind.SEG)
+            )
+            if seg is None:
+                raise RuntimeError(f"job {job.id} is done but has no SEG output")
+            return Work(
+                reference_path=ref.instance.path,
+                reference_sop_uid=ref.instance.sop_instance_uid,
+                source_uid=ref.source_sop_uid,
+                source_path=job.instance.path,
+                study_uid=job.instance.study_instance_uid,
+                job_id=job.id,
+                model=job.model,
+                model_version=job.model_version or "",
+                weights_sha256=str((job.metrics or {}).get("weights_sha256", "")),
+                seg_path=seg.path,
+                destinations=tuple(job.destinations),
+            )
+
+    def _record(
+        self, ref_id: int, work: Work, sr: hd.sr.Comprehensive3DSR, path: Path, comparisons: list[SegmentComparison]
+    ) -> None:
+        """The SR as the job's output with its deliveries, the comparisons, the reference evaluated."""
+        sr_uid = str(sr.SOPInstanceUID)
+        with self.db.session() as s:
+            out = s.scalar(
+                select(OutputRecord).where(
+                    OutputRecord.job_id == work.job_id,
+                    OutputRecord.kind == OutputKind.EVAL_SR,
+                    OutputRecord.sop_instance_uid == sr_uid,
+                )
+            )
+            if out is None:
+                out = OutputRecord(job_id=work.job_id, kind=OutputKind.EVAL_SR, sop_instance_uid=sr_uid)
+                s.add(out)
+            out.sop_class_uid = str(sr.SOPClassUID)
+            out.series_instance_uid = str(sr.SeriesInstanceUID)
+            out.path = str(path)
+            s.flush()
+            have = {d.destination for d in out.deliveries}
+            for dest in work.destinations:
+                if dest not in have:
+                    s.add(DeliveryRecord(output_id=out.id, destination=dest, state=DeliveryState.PENDING))
+            s.execute(delete(ComparisonRecord).where(ComparisonRecord.received_seg_id == ref_id))
+            for c in comparisons:
+                s.add(
+                    ComparisonRecord(
+                        received_seg_id=ref_id,
+                        job_id=work.job_id,
+                        model=work.model,
+                        model_version=work.model_version,
+                        source_sop_uid=work.source_uid,
+                        reference_sop_uid=work.reference_sop_uid,
+                        segment=c.spec.label,
+                        reference_segments=list(c.reference_segments),
+                        dice=c.dice,
+                        jaccard=c.jaccard,
+                        intersection_pixels=c.overlap.intersection,
+                        predicted_pixels=c.overlap.predicted,
+                        reference_pixels=c.overlap.reference,
+                        eval_sr_sop_uid=sr_uid,
+                    )
+                )
+            ref = s.get(ReceivedSegRecord, ref_id)
+            assert ref is not None
+            ref.state, ref.job_id, ref.detail, ref.finished_at = ReferenceState.EVALUATED, work.job_id, None, utcnow()
+
+    def _finish(self, ref_id: int, state: ReferenceState, detail: str) -> None:
+        with self.db.session() as s:
+            ref = s.get(ReceivedSegRecord, ref_id)
+            assert ref is not None
+            ref.state, ref.detail, ref.finished_at = state, detail, utcnow()
+            s.add(
+                EventRecord(
+                    kind=f"reference_{state.value}",
+                    sop_instance_uid=ref.instance.sop_instance_uid,
+                    detail=f"source {ref.source_sop_uid}: {detail}",
+                )
+            )
+
+
+def unedited_copy(comparisons: list[SegmentComparison], reference: hd.seg.Segmentation, model: str) -> bool:
+    """Whether the matched reference segments name ``model`` as algorithm and equal our masks exactly."""
+    names = {int(s.SegmentNumber): str(s.get("SegmentAlgorithmName", "")) for s in reference.SegmentSequence}
+    return all(
+        all(names.get(n) == model for n in c.reference_segments)
+        and c.overlap.intersection == c.overlap.predicted == c.overlap.reference
+        for c in comparisons
+    )
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+__all__ = ["Evaluator", "Work", "unedited_copy"]
