@@ -19,10 +19,16 @@ $(STAMP): requirements.txt pyproject.toml
 run: setup
 	$(VENV)/bin/spinenode serve
 
+# dcmtk and dciodvfy (every test), Orthanc with its DICOMweb plugin (tests/dicom_node/test_orthanc.py),
+# Node.js and npm (tests/dicom_node/test_viewers.py runs OHIF's readers; npm ci installs them).
 debian-tools:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
