@@ -245,13 +245,15 @@ class AuditDB:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # 0600 before SQLite opens it: its -wal and -shm files are created with the database's mode
+        path.touch(mode=0o600, exist_ok=True)
+        os.chmod(path, 0o600)
         self.engine: Engine = create_engine(
             f"sqlite:///{path}", connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
         event.listen(self.engine, "begin", _sqlite_begin_immediate)
         Base.metadata.create_all(self.engine)
-        os.chmod(path, 0o600)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

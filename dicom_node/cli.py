@@ -1,6 +1,7 @@
 """The ``spinenode`` command line. Logging is configured here and nowhere else.
 
-Commands: serve, echo, send, segment, audit, metrics, retry, phantom, models (list / import), train, evaluate.
+Commands: serve, echo, send, segment, audit, metrics, retry, phantom, models (list / import), train, evaluate,
+bench.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def _configure_logging(verbose: bool) -> None:
 def _node_config(args: argparse.Namespace) -> Any:
     from dicom_node.config import ConfigError, Destination, load_config
 
+    tls_destinations = getattr(args, "tls_destination", None) or []
+    tls_paths = {k: Path(v) for k in ("tls_cert", "tls_key", "tls_ca") if (v := getattr(args, k, None))}
     try:
         return load_config(
             Path(args.config) if args.config else None,
@@ -41,10 +44,15 @@ def _node_config(args: argparse.Namespace) -> Any:
             port=args.port,
             bind=getattr(args, "bind", None),
             data_dir=Path(args.data_dir) if args.data_dir else None,
-            destinations=tuple(Destination.parse(d) for d in (getattr(args, "destination", None) or [])),
+            destinations=tuple(
+                Destination.parse(d) for d in [*(getattr(args, "destination", None) or []), *tls_destinations]
+            ),
             model=getattr(args, "model", None),
             allowed_calling_aes=tuple(getattr(args, "allow_calling_ae", None) or []),
             workers=getattr(args, "workers", None),
+            tls_require_client_cert=getattr(args, "tls_require_client_cert", None),
+            tls_destinations=tuple(str(Destination.parse(d)) for d in tls_destinations),
+            **tls_paths,
         )
     except ConfigError as exc:
         raise CLIError(str(exc)) from exc
@@ -268,6 +276,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dicom_node.bench import main as bench_main
+    from dicom_node.config import DEFAULT_MODEL
+    from inference.model_card import find_card
+
+    model = args.model or DEFAULT_MODEL
+    try:
+        find_card(model)
+    except KeyError as exc:
+        raise CLIError(str(exc.args[0])) from exc
+    return bench_main(model, args.json, args.quick, args.height)
+
+
 def _node_flags(p: argparse.ArgumentParser, serve: bool = False) -> None:
     p.add_argument("--config", help="TOML config file (default: $SPINENODE_CONFIG or config/node.toml)")
     p.add_argument("--data-dir", help="storage and SQLite audit database (default ./var)")
@@ -279,6 +300,15 @@ def _node_flags(p: argparse.ArgumentParser, serve: bool = False) -> None:
         p.add_argument("--model")
         p.add_argument("--allow-calling-ae", action="append", metavar="AE", help="repeatable")
         p.add_argument("--workers", type=int, help="inference threads")
+        p.add_argument("--tls-cert", help="PEM certificate: the SCP accepts only DICOM over TLS")
+        p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+        p.add_argument("--tls-ca", help="PEM CA bundle for client certificates and TLS destinations")
+        p.add_argument(
+            "--tls-require-client-cert", action="store_true", default=None, help="mutual TLS (needs --tls-ca)"
+        )
+        p.add_argument(
+            "--tls-destination", action="append", metavar="AE@HOST:PORT", help="a destination reached over TLS"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--record", metavar="KEY", help="also store the result in the model card under metrics.KEY")
     ev.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="measure forward pass, node stages, latency, throughput, RSS, cold start")
+    b.add_argument("--model", help="default: the default model")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--quick", action="store_true", help="small samples (a smoke test, not a measurement)")
+    b.add_argument("--height", type=int, help="rows of the phantom DX (default 2500; --quick 512)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -113,6 +113,12 @@ class NodeConfig:
     flip_agreement: bool = True
     accuracy_alert_below: float = ACCURACY_ALERT_BELOW
     accuracy_recent: int = ACCURACY_RECENT
+    # DICOM over TLS ([tls] in the TOML, dicom_node.tls): certificate and key (PEM) make the SCP TLS-only
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # CA bundle (PEM) for peers' certificates: clients', TLS destinations'
+    tls_require_client_cert: bool = False  # mutual TLS: clients must present a certificate of tls_ca
+    tls_destinations: tuple[str, ...] = ()  # AE@HOST:PORT of the destinations reached over TLS
 
     @property
     def db_path(self) -> Path:
@@ -187,6 +193,17 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     for key, name in (("alert_below", "accuracy_alert_below"), ("recent", "accuracy_recent")):
         if key in metrics:
             out[name] = metrics[key]
+    tls = raw.get("tls", {})
+    for key in ("cert", "key", "ca"):
+        if tls.get(key):
+            out[f"tls_{key}"] = Path(tls[key])
+    if "require_client_cert" in tls:
+        out["tls_require_client_cert"] = bool(tls["require_client_cert"])
+    if "destinations" in tls:
+        out["tls_destinations"] = tuple(str(Destination.parse(d)) for d in tls["destinations"])
+    unknown_tls = set(tls) - {"cert", "key", "ca", "require_client_cert", "destinations"}
+    if unknown_tls:
+        raise ConfigError(f"unknown [tls] keys: {', '.join(sorted(unknown_tls))}")
     unknown_metrics = set(metrics) - {"alert_below", "recent"}
     if unknown_metrics:
         raise ConfigError(f"unknown [metrics] keys: {', '.join(sorted(unknown_metrics))}")
@@ -221,7 +238,19 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError("retry settings: need 0 < initial_s <= max_s and max_attempts >= 1")
     if not 0.0 <= cfg.accuracy_alert_below <= 1.0 or cfg.accuracy_recent < 1:
         raise ConfigError("metrics settings: need 0 <= alert_below <= 1 and recent >= 1")
+    _check_tls(cfg)
     return replace(cfg, data_dir=Path(cfg.data_dir), ae_title=cfg.ae_title.strip())
+
+
+def _check_tls(cfg: NodeConfig) -> None:
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("TLS: give both the certificate and the key, or neither")
+    if cfg.tls_require_client_cert and (cfg.tls_cert is None or cfg.tls_ca is None):
+        raise ConfigError("TLS: requiring client certificates needs a certificate, a key and a CA")
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        path = getattr(cfg, name)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"TLS: {name.replace('_', ' ')} file not found: {path}")
 
 
 __all__ = ["ConfigError", "Destination", "NodeConfig", "Route", "field", "load_config"]

@@ -9,8 +9,10 @@ intake, lets workers finish the jobs in hand (others stay queued for the next st
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import func, select
 
 from dicom_node.audit import (
@@ -29,6 +31,7 @@ from dicom_node.processing import Processor, WorkerPool
 from dicom_node.scp import Receiver
 from dicom_node.sender import Sender
 from dicom_node.storage import Storage
+from inference.model_card import find_card
 from inference.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class Node:
     sender: Sender
     receiver: Receiver
     port: int = 0
+    warmup: threading.Thread | None = None  # loads and warms the models while associations are accepted
 
     @classmethod
     def compose(cls, config: NodeConfig, models: ModelRegistry | None = None) -> Node:
@@ -69,14 +73,38 @@ class Node:
         if self.evaluator.recover():
             log.info("reference comparisons left unfinished by an earlier run are due again")
         if preload and self.config.workers:
-            self.models.get(self.config.model)  # load the default model before accepting work
-            for route in self.config.routes:
-                self.models.get(route.model)
+            names = list(dict.fromkeys([self.config.model, *(route.model for route in self.config.routes)]))
+            for name in names:
+                find_card(name, self.models.root)  # an unknown model stops the start (KeyError) ...
+            # ... loading and warming up take seconds: done in the background while associations are
+            # accepted and stored; a worker's job waits for its model (the registry loads each once)
+            self.warmup = threading.Thread(target=self._warm_up, args=(names,), name="model-warmup", daemon=True)
+            self.warmup.start()
         self.db.record_event("start", f"AE {self.config.ae_title}, model {self.config.model}")
         self.workers.start()
         self.sender.start()
         self.port = self.receiver.start()
         return self.port
+
+    def _warm_up(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                engine = self.models.get(name)
+                engine.probabilities(np.zeros((2, 3, *engine.card.input_size), np.float32))  # the node's batch
+            except Exception:  # recorded by the registry (health: degraded); jobs for it fail with the reason
+                log.exception("model %s could not be loaded", name)
+        try:  # the writers' first call costs seconds (highdicom's lazy set-up): pay it here, not on a patient
+            from dicom_node.writers.outputs import build_outputs
+            from inference.phantom import make_phantom
+            from inference.phantom_dicom import phantom_to_dataset
+            from inference.preprocess import from_dataset
+
+            ds = phantom_to_dataset(make_phantom(0, height=256))
+            engine = self.models.get(names[0])
+            prepared = from_dataset(ds)
+            build_outputs(ds, engine.predict(prepared, (0.2, 0.2)), engine.card, display_image=prepared.image)
+        except Exception:  # a warm-up only: the first job pays the set-up instead
+            log.warning("warming up the writers failed", exc_info=True)
 
     def stop(self) -> None:
         log.info("stopping: no new instances, finishing jobs in hand")

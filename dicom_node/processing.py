@@ -85,7 +85,7 @@ class Processor:
         t3 = time.perf_counter()
         outputs = {OutputKind.SEG: built.seg, OutputKind.SR: built.sr, OutputKind.SC: built.sc}
         timings = {"decode_preprocess": t1 - t0, "predict": t2 - t1, "build_outputs": t3 - t2}
-        timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()}
+        timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()} | built.timings_ms
         return JobResult(prediction, outputs, timings_ms, engine.card.weights_sha256)
 
     def run(self, job_id: int) -> None:

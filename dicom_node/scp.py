@@ -40,7 +40,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node import references
+from dicom_node import references, tls
 from dicom_node.audit import (
     AssociationRecord,
     AuditDB,
@@ -158,7 +158,12 @@ class Receiver:
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
         ]
-        self._server = self.ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers)
+        self._server = self.ae.start_server(
+            (self.config.bind, self.config.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=tls.server_context(self.config),  # None: plain TCP
+        )
         port = int(self._server.server_address[1])
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.bind, port)
         return port

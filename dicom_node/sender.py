@@ -8,6 +8,7 @@ is marked failed with the peer's last status/reason; ``spinenode retry --failed`
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -18,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import select
 
+from dicom_node import tls
 from dicom_node.audit import AuditDB, DeliveryAttempt, DeliveryRecord, DeliveryState, OutputRecord, utcnow
 from dicom_node.config import Destination, NodeConfig
 from dicom_node.status import is_delivered
@@ -34,15 +36,20 @@ def backoff_s(attempts: int, initial: float, cap: float) -> float:
 
 
 def send_files(
-    ae_title: str, dest: Destination, paths: list[str], timeout: float = 30.0
+    ae_title: str,
+    dest: Destination,
+    paths: list[str],
+    timeout: float = 30.0,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
 ) -> list[tuple[int | None, str | None]]:
-    """C-STORE ``paths`` to ``dest`` in one association. Per file: (status or None, error or None)."""
+    """C-STORE ``paths`` to ``dest`` in one association (over TLS with ``tls_args``: context, host name).
+    Per file: (status or None, error or None)."""
     datasets = [dcmread(p) for p in paths]
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "association failed (peer unreachable?)"
         return [(None, reason)] * len(paths)
@@ -123,7 +130,9 @@ class Sender:
     def _deliver(self, dest: Destination, items: list[tuple[int, str]]) -> None:
         start = time.perf_counter()
         try:
-            results = send_files(self.config.ae_title, dest, [p for _, p in items], self.config.dimse_timeout_s)
+            paths = [p for _, p in items]
+            tls_args = tls.client_args(self.config, dest)
+            results = send_files(self.config.ae_title, dest, paths, self.config.dimse_timeout_s, tls_args)
         except Exception as exc:  # unreadable output file, socket errors
             results = [(None, f"{type(exc).__name__}: {exc}")] * len(items)
         elapsed = (time.perf_counter() - start) * 1000 / max(len(items), 1)

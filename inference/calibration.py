@@ -24,6 +24,7 @@ CALIBRATION_SEED = 600_000  # phantom seeds used for calibration only
 # Weighted CE with class weights w shifts the learnt logits by about log(w): with F 0.05, V 1, T1 3 the
 # prior correction is V -3.0 and T1 -4.1 relative to F. The grid spans no correction to a bit beyond that.
 V_GRID = (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0)
+REFINE_STEPS = (0.25, 0.125)
 T1_GRID = (-5.0, -4.5, -4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0)
 
 
@@ -49,9 +50,8 @@ def calibrate(engine: Engine, n: int = 40, seed: int = CALIBRATION_SEED) -> Cali
         np.log(np.clip(engine.probabilities(to_model_input(s.image, engine.card.input_size)[None])[0], 1e-8, 1))
         for s in samples
     ]
-    best: tuple[float, list[float], dict[str, float]] | None = None
-    before: dict[str, float] = {}
-    for dv, dt in itertools.product(V_GRID, T1_GRID):
+
+    def evaluate(dv: float, dt: float) -> tuple[float, dict[str, float]]:
         shift = np.array([0.0, dv, dt], np.float32)[:, None, None]
         summary = OverlapSummary()
         for lp, s in zip(logp, samples, strict=True):
@@ -59,11 +59,19 @@ def calibrate(engine: Engine, n: int = 40, seed: int = CALIBRATION_SEED) -> Cali
             p = np.exp(z - z.max(0, keepdims=True))
             p /= p.sum(0, keepdims=True)
             summary.add(labels_at_native(p, s.mask.shape)[0], s.mask)
-        score, ious = _score(summary)
-        if dv == 0 and dt == 0:
-            before = ious
-        if best is None or score > best[0]:
-            best = (score, [float(base[0]), float(base[1] + dv), float(base[2] + dt)], ious)
+        return _score(summary)
+
+    tried: dict[tuple[float, float], tuple[float, dict[str, float]]] = {}
+    for dv, dt in itertools.product(V_GRID, T1_GRID):  # coarse grid
+        tried[(dv, dt)] = evaluate(dv, dt)
+    for step in REFINE_STEPS:  # then a finer look around the best point so far
+        bv, bt = max(tried, key=lambda k: tried[k][0])
+        for dv, dt in itertools.product((bv - step, bv, bv + step), (bt - step, bt, bt + step)):
+            if (dv, dt) not in tried:
+                tried[(dv, dt)] = evaluate(dv, dt)
+    (dv, dt), (score, ious) = max(tried.items(), key=lambda kv: kv[1][0])
+    best = (score, [float(base[0]), float(base[1] + dv), float(base[2] + dt)], ious)
+    before = tried[(0.0, 0.0)][1]
     assert best is not None
     return CalibrationResult(best[1], before, best[2])
 

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import torch
 
-from inference.architectures import build_model
 from inference.classes import FOREGROUND, NUM_CLASSES, SpineClass
 from inference.metrics import overlap
 from inference.model_card import ModelCard
+from inference.onnx_runtime import OnnxRunner, default_runtime, prepare_onnx
 from inference.preprocess import PreparedImage, to_model_input
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class Prediction:
 
 
 def load_module(card: ModelCard) -> torch.nn.Module:
+    from inference.architectures import build_model  # segmentation-models-pytorch and timm: seconds to import
+
     module = build_model(card.architecture, card.encoder)
     state = torch.load(card.weights_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state, strict=True)
@@ -76,20 +78,43 @@ def load_module(card: ModelCard) -> torch.nn.Module:
 
 
 class Engine:
-    """One model, loaded once and kept warm; thread-safe ``predict``."""
+    """One model, loaded once and kept warm; thread-safe ``predict``.
 
-    def __init__(self, card: ModelCard, module: torch.nn.Module | None = None) -> None:
+    ``runtime`` is ``"onnx"`` (ONNX Runtime on a checked export, ``inference.onnx_runtime``; torch if
+    that fails) or ``"torch"``. By default ``$SPINENODE_RUNTIME`` or ``onnx`` - except for an engine
+    built around a module in hand (training's evaluation), which stays on torch unless asked.
+    ``runtime_info`` says which runtime is used, the recorded numerical check and any fallback reason.
+    """
+
+    def __init__(self, card: ModelCard, module: torch.nn.Module | None = None, runtime: str | None = None) -> None:
         self.card = card
+        if runtime is None:
+            runtime = "torch" if module is not None else default_runtime()
         self.module = module if module is not None else load_module(card)
         self.module.eval()
         self._lock = threading.Lock()
         offsets = card.logit_offsets or [0.0] * NUM_CLASSES
         self._offsets = torch.tensor(offsets, dtype=torch.float32).view(1, -1, 1, 1)
+        self._onnx: OnnxRunner | None = None
+        self.runtime_info: dict[str, Any] = {"runtime": "torch", "requested": runtime}
+        if runtime == "onnx":
+            self._onnx, self.runtime_info = prepare_onnx(card, self.module)
+
+    @property
+    def runtime(self) -> str:
+        return "onnx" if self._onnx is not None else "torch"
+
+    def logits(self, batch: np.ndarray, runtime: str | None = None) -> torch.Tensor:
+        """Raw logits (N, C, H, W) of a (N, 3, H, W) float32 batch, on this engine's runtime (or torch)."""
+        with self._lock, torch.inference_mode():
+            if self._onnx is not None and runtime != "torch":
+                return torch.from_numpy(self._onnx(batch))
+            return self.module(torch.from_numpy(batch))
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax (N, C, H, W) at model resolution for a (N, 3, H, W) batch."""
-        with self._lock, torch.inference_mode():
-            logits = self.module(torch.from_numpy(batch))
+        """Softmax (N, C, H, W) at model resolution for a (N, 3, H, W) batch (logit offsets applied)."""
+        logits = self.logits(batch)
+        with torch.inference_mode():
             return torch.softmax(logits + self._offsets, dim=1).numpy()
 
     def predict(

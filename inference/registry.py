@@ -40,12 +40,16 @@ class ModelRegistry:
         out = []
         for name in sorted(set(cards) | set(self._engines) | set(self._errors)):
             card = cards.get(name)
+            engine = self._engines.get(name)
             out.append(
                 {
                     "name": name,
-                    "loaded": name in self._engines,
+                    "loaded": engine is not None,
                     "demo": bool(card and card.demo),
                     "error": self._errors.get(name),
+                    "runtime": engine.runtime if engine is not None else None,
+                    "fallback_reason": engine.runtime_info.get("fallback_reason") if engine is not None else None,
+                    "onnx_check": engine.runtime_info.get("check") if engine is not None else None,
                 }
             )
         return out

@@ -87,9 +87,17 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export cache for the test session (each model is exported and checked once)."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
 @pytest.fixture(autouse=True)
-def _models_env(models_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _models_env(models_root: Path, onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPINENODE_MODELS_DIR", str(models_root))
+    monkeypatch.setenv("SPINENODE_CACHE_DIR", str(onnx_cache))
+    monkeypatch.delenv("SPINENODE_RUNTIME", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ model and weights always give the same series and instance UIDs; other weights g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -38,6 +39,7 @@ class Outputs:
     seg: Dataset
     sr: Dataset
     sc: Dataset
+    timings_ms: dict[str, float] = field(default_factory=dict)  # build time of each writer
 
     def datasets(self) -> list[Dataset]:
         """SEG, SR, SC (the SR references the SEG, so the SEG goes first)."""
@@ -84,6 +86,7 @@ def build_outputs(
         return uids.output_uid(source.SOPInstanceUID, card.name, card.weights_sha256, kind)
 
     software = software_version()
+    t0 = time.perf_counter()
     seg = build_segmentation(
         source,
         prediction.labels,
@@ -97,6 +100,7 @@ def build_outputs(
         software_versions=software,
         content_qualification=RESEARCH if card.demo else None,
     )
+    t1 = time.perf_counter()
     sr = build_measurement_report(
         source,
         seg,
@@ -110,6 +114,7 @@ def build_outputs(
         software_versions=software,
         disclaimer=disclaimer(card),
     )
+    t2 = time.perf_counter()
     sc = build_overlay(
         source,
         prediction,
@@ -122,7 +127,9 @@ def build_outputs(
         software_versions=software,
         display_image=display_image,
     )
-    return Outputs(seg=seg, sr=sr, sc=sc)
+    t3 = time.perf_counter()
+    timings = {"build_seg": t1 - t0, "build_sr": t2 - t1, "build_sc": t3 - t2}
+    return Outputs(seg=seg, sr=sr, sc=sc, timings_ms={k: round(v * 1000, 1) for k, v in timings.items()})
 
 
 __all__ = ["MANUFACTURER", "Outputs", "build_outputs", "description", "disclaimer"]

@@ -1,0 +1,479 @@
+"""``spinenode bench``: one run that measures where the time goes, on this machine, after warm-up.
+
+Figures (medians unless named otherwise; the JSON holds every one, ``--json``):
+
+- ``sgemm_gflops``: a 2-thread float32 matrix product (torch), the machine's baseline;
+- ``forward_ms_median``: one image (batch 1) at the model's input size on the production runtime,
+  ``forward_flip_batch_ms_median`` the batch of 2 the node runs (image and mirror image),
+  ``torch_forward_ms_median`` batch 1 on torch eager; the model's GFLOP (torch's FLOP counter) and the
+  achieved fraction of the SGEMM rate;
+- ``decode_preprocess_ms``: read the Part 10 file, decode and window it (a ``--height`` rows 16-bit DX);
+- ``postprocess_ms``: probabilities back to native size, argmax, per-class figures and flip agreement;
+- ``build_seg_ms``, ``build_sr_ms``, ``build_sc_ms``: each writer; ``encode_ms``: the three as Part 10;
+- ``send_ms``: C-STORE of the three outputs in one association to dcmtk ``storescp``;
+- ``end_to_end_ms``: start of the C-STORE (dcmtk ``storescu``) to the last output accepted by ``storescp``,
+  on an in-process node, with its parts (``bench/latency.py`` prints the same breakdown);
+- ``throughput_images_per_min``: 4 concurrent ``storescu`` senders to the node, until every output is
+  delivered;
+- ``receive_ratio_vs_storescp``: the same files stored by the node (no workers) versus by ``storescp``,
+  time ratio (1.0: as fast as dcmtk); dcmtk tools run with ``TCP_NODELAY=1``;
+- ``peak_rss_mb``: a fresh process with the models loaded (every model in the models directory; with
+  ``--quick``, the benchmarked one) after one prediction each;
+- ``cold_start_s``: ``spinenode serve`` process start to the first association accepted (C-ECHO).
+
+``--quick`` shrinks every sample (small image, few repeats) for a CI smoke test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TCP_ENV = {**os.environ, "TCP_NODELAY": "1"}
+SENDERS = 4
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"the benchmark needs dcmtk's {name}")
+    return path
+
+
+def sgemm_gflops(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
+    """Float32 matrix product rate with ``threads`` torch threads (GFLOP/s, best of ``repeats``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.rand(n, n), torch.rand(n, n)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(before)
+    return round(2 * n**3 / best / 1e9, 1)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def model_gflop(module: Any, input_size: tuple[int, int]) -> float:
+    """Forward FLOPs of one image (torch's FLOP counter: 2 per multiply-add of convolutions and matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        module(torch.rand(1, 3, *input_size))
+    return round(counter.get_total_flops() / 1e9, 2)
+
+
+class StoreSCP:
+    """dcmtk ``storescp`` on loopback (``TCP_NODELAY=1``)."""
+
+    def __init__(self, folder: Path, ae_title: str = "DEST") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.ae_title, self.port = folder, ae_title, _free_port()
+        self.proc = subprocess.Popen(
+            [_tool("storescp"), "--aetitle", ae_title, "--output-directory", str(folder), str(self.port)],
+            env=TCP_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def storescu(port: int, files: list[Path], called: str = "SPINENODE") -> None:
+    subprocess.run(
+        [_tool("storescu"), "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        env=TCP_ENV,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+
+
+def phantom_files(folder: Path, n: int, height: int, seed: int = 700000) -> list[Path]:
+    """``n`` phantom DX files (16-bit, ``height`` rows) with distinct UIDs; the pixels are drawn once."""
+    from pydicom.uid import generate_uid
+
+    from inference.phantom import make_phantom
+    from inference.phantom_dicom import phantom_to_dataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = phantom_to_dataset(make_phantom(seed, height=height))
+    paths = []
+    for i in range(n):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if i:
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        path = folder / f"dx-{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _outstanding(node: Any) -> tuple[int, int]:
+    """(jobs done or failed, deliveries not yet delivered)."""
+    from sqlalchemy import func, select
+
+    from dicom_node.audit import DeliveryRecord, DeliveryState, JobRecord, JobState
+
+    with node.db.session() as s:
+        finished = s.scalar(
+            select(func.count()).select_from(JobRecord).where(JobRecord.state.in_((JobState.DONE, JobState.FAILED)))
+        )
+        waiting = s.scalar(
+            select(func.count()).select_from(DeliveryRecord).where(DeliveryRecord.state != DeliveryState.DELIVERED)
+        )
+    return int(finished or 0), int(waiting or 0)
+
+
+def wait_delivered(node: Any, jobs: int, timeout: float = 600.0) -> None:
+    """Until ``jobs`` jobs are finished and every delivery is delivered."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        finished, waiting = _outstanding(node)
+        if finished >= jobs and waiting == 0:
+            return
+        time.sleep(0.005)
+    raise TimeoutError(f"{jobs} jobs not delivered within {timeout} s")
+
+
+def end_to_end(node: Any, files: list[Path], jobs_before: int = 0) -> list[dict[str, Any]]:
+    """Send ``files`` one at a time; per file the C-STORE-to-last-output time and the job's parts (ms)."""
+    from dicom_node.audit import JobRecord
+
+    rows = []
+    for i, path in enumerate(files):
+        t0 = time.perf_counter()
+        storescu(node.port, [path], node.config.ae_title)
+        ack_ms = (time.perf_counter() - t0) * 1000
+        wait_delivered(node, jobs_before + i + 1)
+        end_ms = (time.perf_counter() - t0) * 1000
+        with node.db.session() as s:
+            job = s.get(JobRecord, jobs_before + i + 1)
+            assert job is not None and job.state.value == "done", job and job.error
+            wait_ms = (job.started_at - job.created_at).total_seconds() * 1000
+            last = max(d.delivered_at for o in job.outputs for d in o.deliveries)
+            rows.append(
+                {
+                    "end_to_end_ms": end_ms,
+                    "cstore_ack_ms": ack_ms,
+                    "queue_wait_ms": wait_ms,
+                    **job.metrics["timings_ms"],
+                    "job_total_ms": job.total_ms,
+                    "deliver_ms": (last - job.finished_at).total_seconds() * 1000,
+                    "image_size": list(job.metrics["image_size"]),
+                }
+            )
+    return rows
+
+
+def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, v in rows[0].items() if isinstance(v, int | float)]
+    return {k: round(statistics.median(r[k] for r in rows), 1) for k in keys}
+
+
+def start_node(work: Path, model: str, dest: StoreSCP | None, workers: int = 1) -> Any:
+    from dicom_node.config import Destination, NodeConfig
+    from dicom_node.node import Node
+
+    cfg = NodeConfig(
+        data_dir=work,
+        port=_free_port(),
+        bind="127.0.0.1",
+        model=model,
+        workers=workers,
+        destinations=(Destination(dest.ae_title, "127.0.0.1", dest.port),) if dest else (),
+    )
+    node = Node.compose(cfg)
+    node.start()
+    return node
+
+
+def peak_rss_mb(models: list[str]) -> float:
+    """Peak RSS (MB) of a fresh process that loads ``models`` and runs one prediction on each."""
+    code = (
+        "import resource, sys, numpy as np\n"
+        "from inference.registry import ModelRegistry\n"
+        "from inference.preprocess import PreparedImage\n"
+        "r = ModelRegistry()\n"
+        "for name in sys.argv[1:]:\n"
+        "    r.get(name).predict(PreparedImage(np.random.rand(2500, 1300).astype(np.float32)))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    project = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code, *models], capture_output=True, text=True, check=True, cwd=project, timeout=900
+    )
+    return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
+
+
+def cold_start_s(model: str, work: Path) -> float:
+    """``spinenode serve`` process start to the first accepted association (a C-ECHO), in seconds."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "dicom_node.cli", "serve", "--port", str(port), "--bind", "127.0.0.1"]
+    cmd += ["--data-dir", str(work), "--model", model]
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    project = Path(__file__).resolve().parent.parent
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < 300:
+            if proc.poll() is not None:
+                raise RuntimeError(f"spinenode serve exited with {proc.returncode}")
+            with socket.socket() as s:
+                listening = s.connect_ex(("127.0.0.1", port)) == 0
+            if listening:
+                assoc = ae.associate("127.0.0.1", port, ae_title="SPINENODE")
+                if assoc.is_established:
+                    elapsed = time.perf_counter() - t0
+                    assoc.release()
+                    return round(elapsed, 2)
+            time.sleep(0.02)
+        raise TimeoutError("no association within 300 s")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_bench(model: str, quick: bool = False, height: int | None = None) -> dict[str, Any]:
+    import torch
+    from pydicom import dcmread
+
+    from dicom_node.processing import pixel_spacing_mm
+    from dicom_node.sender import send_files
+    from dicom_node.storage import dataset_bytes
+    from dicom_node.writers.outputs import build_outputs
+    from inference.engine import Engine, class_stats, labels_at_native
+    from inference.model_card import find_card, list_cards
+    from inference.preprocess import from_dataset, to_model_input
+
+    repeats = 3 if quick else 10
+    height = height or (512 if quick else 2500)
+    result: dict[str, Any] = {
+        "model": model,
+        "quick": quick,
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+    }
+    result["sgemm_gflops"] = sgemm_gflops(n=512 if quick else 2048, repeats=3 if quick else 5)
+
+    card = find_card(model)
+    engine = Engine(card)
+    result["runtime"] = engine.runtime
+    result["runtime_info"] = engine.runtime_info
+    result["input_size"] = list(card.input_size)
+    gflop = model_gflop(engine.module, card.input_size)
+    result["model_gflop"] = gflop
+
+    work = Path(tempfile.mkdtemp(prefix="spinenode-bench-"))
+    scp: StoreSCP | None = None
+    node: Any = None
+    try:
+        n_seq = 1 + (1 if quick else 6)  # the first image warms the node up and is not counted
+        files = phantom_files(work / "in", n_seq + SENDERS * (1 if quick else 3), height)
+        ds = dcmread(files[0])
+        prepared = from_dataset(ds)
+        x = to_model_input(prepared.image, card.input_size)
+        one = np.ascontiguousarray(x[None])
+        two = np.ascontiguousarray(np.stack([x, x[:, :, ::-1]]))
+        result["forward_ms_median"] = _median_ms(lambda: engine.logits(one), repeats, warmup=2)
+        result["forward_flip_batch_ms_median"] = _median_ms(lambda: engine.logits(two), repeats, warmup=1)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            result["torch_forward_ms_median"] = _median_ms(lambda: engine.logits(one, "torch"), repeats, warmup=2)
+        finally:
+            torch.set_num_threads(threads)
+        result["achieved_gflops"] = round(gflop / (result["forward_ms_median"] / 1000), 1)
+        result["fraction_of_sgemm"] = round(result["achieved_gflops"] / result["sgemm_gflops"], 3)
+
+        result["image_size"] = list(prepared.shape)
+        result["decode_preprocess_ms"] = _median_ms(lambda: from_dataset(dcmread(files[0])), repeats)
+        probs = engine.probabilities(two)
+        rows, cols = prepared.shape
+        spacing = pixel_spacing_mm(ds)
+
+        def postprocess() -> None:
+            labels, conf = labels_at_native(probs[0], (rows, cols))
+            flipped = labels_at_native(probs[1][:, :, ::-1], (rows, cols))[0]
+            class_stats(labels, conf, spacing, flipped)
+
+        result["postprocess_ms"] = _median_ms(postprocess, repeats)
+        prediction = engine.predict(prepared, spacing)
+        built = [build_outputs(ds, prediction, card, display_image=prepared.image) for _ in range(repeats + 1)][1:]
+        for key in ("build_seg", "build_sr", "build_sc"):
+            result[f"{key}_ms"] = round(statistics.median(b.timings_ms[key] for b in built), 2)
+        outputs = built[-1].datasets()
+        result["encode_ms"] = _median_ms(lambda: [dataset_bytes(o) for o in outputs], repeats)
+        out_paths = []
+        for i, o in enumerate(outputs):
+            out_paths.append(work / f"out-{i}.dcm")
+            out_paths[-1].write_bytes(dataset_bytes(o))
+
+        scp = StoreSCP(work / "dest")
+        from dicom_node.config import Destination
+
+        dest = Destination(scp.ae_title, "127.0.0.1", scp.port)
+        result["send_ms"] = _median_ms(lambda: send_files("BENCH", dest, [str(p) for p in out_paths]), repeats)
+
+        # the node: one image sequentially (the first warms up), then 4 concurrent senders
+        node = start_node(work / "node", model, scp)
+        e2e = end_to_end(node, files[:n_seq])[1:]
+        result["end_to_end"] = medians(e2e)
+        result["end_to_end_ms"] = result["end_to_end"]["end_to_end_ms"]
+        parallel = files[n_seq:]
+        groups = [parallel[i::SENDERS] for i in range(SENDERS)]
+        t0 = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [_tool("storescu"), "-aec", "SPINENODE", "127.0.0.1", str(node.port), *map(str, g)],
+                env=TCP_ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for g in groups
+        ]
+        for p in procs:
+            p.wait(600)
+        wait_delivered(node, n_seq + len(parallel))
+        elapsed = time.perf_counter() - t0
+        result["throughput_images_per_min"] = round(len(parallel) * 60 / elapsed, 1)
+        node.stop()
+        node = None
+
+        # receiving only: the node with no workers versus storescp, the same files in one association
+        recv_files = files[: 2 if quick else 10]
+        node = start_node(work / "recv", model, None, workers=0)
+        size_mb = sum(p.stat().st_size for p in recv_files) / 1e6
+        tries = 1 if quick else 3
+        t_node = min(_timed(lambda: storescu(node.port, recv_files)) for _ in range(tries))
+        t_dcmtk = min(_timed(lambda: storescu(scp.port, recv_files, scp.ae_title)) for _ in range(tries))
+        result["receive_mb_per_s"] = round(size_mb / t_node, 1)
+        result["storescp_mb_per_s"] = round(size_mb / t_dcmtk, 1)
+        result["receive_ratio_vs_storescp"] = round(t_dcmtk / t_node, 3)
+        node.stop()
+        node = None
+
+        rss_models = [model] if quick else [c.name for c in list_cards()]
+        result["peak_rss_models"] = rss_models
+        result["peak_rss_mb"] = peak_rss_mb(rss_models)
+        result["cold_start_s"] = cold_start_s(model, work / "cold")
+    finally:
+        if node is not None:
+            node.stop()
+        if scp is not None:
+            scp.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["targets"] = targets(result)
+    return result
+
+
+def targets(r: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, computed from the figures (informative: nothing here fails a run)."""
+    fwd = r["forward_ms_median"]
+    return {
+        "end_to_end_ms_limit": round(1.15 * fwd + 250, 1),
+        "end_to_end_met": r["end_to_end_ms"] <= 1.15 * fwd + 250,
+        "throughput_limit": round(0.9 * 60000 / fwd, 1),
+        "throughput_met": r["throughput_images_per_min"] >= 0.9 * 60000 / fwd,
+        "receive_ratio_met": r["receive_ratio_vs_storescp"] >= 0.5,
+        "peak_rss_met": r["peak_rss_mb"] <= 1500,
+        "cold_start_met": r["cold_start_s"] <= 5.0,
+    }
+
+
+ROWS = [
+    ("sgemm_gflops", "2-thread SGEMM", "GFLOP/s"),
+    ("model_gflop", "model forward", "GFLOP"),
+    ("forward_ms_median", "forward, production runtime (batch 1)", "ms"),
+    ("forward_flip_batch_ms_median", "forward, image + mirror (batch 2)", "ms"),
+    ("torch_forward_ms_median", "forward, torch eager (batch 1)", "ms"),
+    ("fraction_of_sgemm", "forward rate / SGEMM rate", ""),
+    ("decode_preprocess_ms", "decode + preprocess", "ms"),
+    ("postprocess_ms", "postprocess (resize, argmax, figures)", "ms"),
+    ("build_seg_ms", "SEG writer", "ms"),
+    ("build_sr_ms", "SR writer", "ms"),
+    ("build_sc_ms", "SC writer", "ms"),
+    ("encode_ms", "encode SEG + SR + SC", "ms"),
+    ("send_ms", "send SEG + SR + SC (one association)", "ms"),
+    ("end_to_end_ms", "C-STORE -> last output accepted", "ms"),
+    ("throughput_images_per_min", f"throughput, {SENDERS} senders", "images/min"),
+    ("receive_ratio_vs_storescp", "receive speed / storescp", ""),
+    ("peak_rss_mb", "peak RSS, models loaded", "MB"),
+    ("cold_start_s", "cold start -> first association", "s"),
+]
+
+
+def format_table(r: dict[str, Any]) -> str:
+    head = f"{r['model']} on {r['runtime']} ({r['input_size'][0]}x{r['input_size'][1]}), "
+    head += f"image {r['image_size'][0]}x{r['image_size'][1]}; load average {r['machine']['loadavg_start']}"
+    lines = [head]
+    for key, label, unit in ROWS:
+        lines.append(f"  {label:40s} {r[key]:>10} {unit}")
+    met = ", ".join(f"{k[:-4]} {'met' if v else 'NOT met'}" for k, v in r["targets"].items() if k.endswith("_met"))
+    lines.append(f"  targets: {met}")
+    return "\n".join(lines)
+
+
+def main(model: str, as_json: bool, quick: bool, height: int | None = None) -> int:
+    result = run_bench(model, quick, height)
+    print(json.dumps(result, indent=2, default=str) if as_json else format_table(result))
+    return 0
+
+
+__all__ = ["end_to_end", "format_table", "main", "medians", "run_bench", "sgemm_gflops", "wait_delivered"]

@@ -1,0 +1,75 @@
+"""``spinenode bench --quick``: a smoke test of the benchmark (every figure present and positive; no timing
+assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT, TINY_MODEL, require_tool
+
+FIGURES = (
+    "sgemm_gflops",
+    "model_gflop",
+    "forward_ms_median",
+    "forward_flip_batch_ms_median",
+    "torch_forward_ms_median",
+    "achieved_gflops",
+    "decode_preprocess_ms",
+    "postprocess_ms",
+    "build_seg_ms",
+    "build_sr_ms",
+    "build_sc_ms",
+    "encode_ms",
+    "send_ms",
+    "end_to_end_ms",
+    "throughput_images_per_min",
+    "receive_ratio_vs_storescp",
+    "peak_rss_mb",
+    "cold_start_s",
+)
+
+
+def test_bench_quick_json_has_every_figure(models_root: Path) -> None:
+    require_tool("storescp")
+    require_tool("storescu")
+    out = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "bench", "--quick", "--json", "--model", TINY_MODEL],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT,
+        env=dict(os.environ),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    for key in FIGURES:
+        assert isinstance(result[key], int | float) and result[key] > 0, key
+    assert result["runtime"] == "onnx" and result["runtime_info"]["check"]["passed"]
+    assert result["end_to_end"]["end_to_end_ms"] == result["end_to_end_ms"]
+    assert {"end_to_end_met", "throughput_met", "cold_start_met"} <= result["targets"].keys()
+
+
+def test_models_load_and_warm_up_in_the_background(tmp_path: Path) -> None:
+    from dicom_node.config import NodeConfig
+    from dicom_node.node import Node
+    from tests.conftest import free_port
+
+    node = Node.compose(NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL))
+    node.start()  # returns (and accepts associations) while the model loads
+    try:
+        assert node.warmup is not None and node.receiver.accepting
+        node.warmup.join(120)
+        (status,) = [m for m in node.models.status() if m["name"] == TINY_MODEL]
+        assert status["loaded"] and status["runtime"] == "onnx" and status["onnx_check"]["passed"]
+    finally:
+        node.stop()
+    unknown = Node.compose(NodeConfig(data_dir=tmp_path / "var2", port=free_port(), model="no-such-model"))
+    with pytest.raises(KeyError):
+        unknown.start()
+    unknown.db.dispose()

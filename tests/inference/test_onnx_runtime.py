@@ -1,0 +1,93 @@
+"""ONNX Runtime as the production runtime: agreement with torch, the recorded check, the cache, fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from inference import onnx_runtime
+from inference.engine import Engine
+from inference.model_card import ModelCard, find_card
+from inference.preprocess import from_dataset
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def busy_card(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
+    """A tiny U-Net++ that predicts all three classes (so agreement is not trivially all background)."""
+    return make_tiny_model(tmp_path_factory.mktemp("busy-models"), "tiny-busy", architecture="unetplusplus")
+
+
+def test_onnx_engine_agrees_with_torch_and_records_the_check(busy_card: ModelCard, phantom_files: list[Path]) -> None:
+    onnx = Engine(busy_card, runtime="onnx")
+    torch_engine = Engine(busy_card, runtime="torch")
+    assert onnx.runtime == "onnx" and torch_engine.runtime == "torch"
+    check = onnx.runtime_info["check"]
+    assert check["passed"] and check["argmax_agreement"] >= 0.999 and check["max_abs_logit_diff"] < 1e-2
+    onnx_path = Path(onnx.runtime_info["onnx_path"])
+    assert onnx_path.is_file() and onnx_path.name.startswith("tiny-busy-")
+    assert json.loads(onnx_path.with_suffix(".check.json").read_text()) == check
+    for path in phantom_files:
+        ds = dcmread(path)
+        a = onnx.predict(from_dataset(ds), (0.2, 0.2))
+        b = torch_engine.predict(from_dataset(ds), (0.2, 0.2))
+        assert len(np.unique(b.labels)) == 3
+        assert np.mean(a.labels == b.labels) >= 0.999
+        assert np.abs(a.confidence - b.confidence).max() < 1e-3
+        for name, stats in b.classes.items():
+            assert abs(a.classes[name].pixels - stats.pixels) <= 0.001 * b.labels.size
+
+
+def test_second_load_reuses_the_cached_export(busy_card: ModelCard, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = Engine(busy_card, runtime="onnx")  # exported by the test above or now
+    path = Path(first.runtime_info["onnx_path"])
+    mtime = path.stat().st_mtime_ns
+
+    def no_export(*_: object) -> bytes:
+        raise AssertionError("re-exported despite a cached export")
+
+    monkeypatch.setattr(onnx_runtime, "_export", no_export)
+    again = Engine(busy_card, runtime="onnx")
+    assert again.runtime == "onnx" and again.runtime_info["cache_hit"] is True
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_export_failure_falls_back_to_torch(
+    busy_card: ModelCard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SPINENODE_CACHE_DIR", str(tmp_path / "empty-cache"))
+
+    def broken(*_: object) -> bytes:
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(onnx_runtime, "_export", broken)
+    engine = Engine(busy_card)
+    assert engine.runtime == "torch"
+    assert "exporter broke" in engine.runtime_info["fallback_reason"]
+    assert "falling back to torch" in caplog.text
+    x = np.random.default_rng(0).random((1, 3, *busy_card.input_size), dtype=np.float32)
+    assert engine.probabilities(x).shape == (1, 3, *busy_card.input_size)
+
+
+def test_failed_check_falls_back(busy_card: ModelCard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPINENODE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(onnx_runtime, "MAX_ABS_LOGIT_DIFF", -1.0)  # nothing can pass
+    engine = Engine(busy_card)
+    assert engine.runtime == "torch" and "numerical check failed" in engine.runtime_info["fallback_reason"]
+    again = Engine(busy_card)  # the recorded failure is not re-exported, and still falls back
+    assert again.runtime == "torch" and "recorded numerical check failed" in again.runtime_info["fallback_reason"]
+
+
+def test_runtime_is_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
+    card = find_card("tiny-test-model")
+    monkeypatch.setenv("SPINENODE_RUNTIME", "torch")
+    assert Engine(card).runtime == "torch"
+    monkeypatch.setenv("SPINENODE_RUNTIME", "tensorflow")
+    with pytest.raises(onnx_runtime.RuntimeSelectionError):
+        Engine(card)
+    monkeypatch.delenv("SPINENODE_RUNTIME")
+    assert Engine(card).runtime == "onnx"
