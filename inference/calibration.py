@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference.classes import SpineClass
 from inference.datasets import DataSource
 from inference.engine import Engine, labels_at_native
 from inference.metrics import OverlapSummary
@@ -72,8 +71,7 @@ def calibrate(engine: Engine, n: int = 40, seed: int = CALIBRATION_SEED) -> Cali
     (dv, dt), (score, ious) = max(tried.items(), key=lambda kv: kv[1][0])
     best = (score, [float(base[0]), float(base[1] + dv), float(base[2] + dt)], ious)
     before = tried[(0.0, 0.0)][1]
-    assert best is not None
     return CalibrationResult(best[1], before, best[2])
 
 
-__all__ = ["CalibrationResult", "SpineClass", "calibrate"]
+__all__ = ["CalibrationResult", "calibrate"]

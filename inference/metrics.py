@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inference.classes import FOREGROUND, SpineClass
+from inference.classes import FOREGROUND
 
 
 @dataclass
@@ -90,4 +90,4 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 4)
 
 
-__all__ = ["Overlap", "OverlapSummary", "SpineClass", "class_overlaps", "overlap"]
+__all__ = ["Overlap", "OverlapSummary", "class_overlaps", "overlap"]

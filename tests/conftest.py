@@ -161,6 +161,14 @@ class StoreSCP:
         self.proc.wait(10)
 
 
+@pytest.fixture(scope="module")
+def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
+    """One storescp destination shared by a test module's node."""
+    scp = StoreSCP(tmp_path_factory.mktemp("dest") / "received")
+    yield scp
+    scp.stop()
+
+
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
     scp = StoreSCP(tmp_path / "received")

@@ -34,13 +34,6 @@ SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34",
 
 
 @pytest.fixture(scope="module")
-def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
-    scp = StoreSCP(tmp_path_factory.mktemp("dest") / "received")
-    yield scp
-    scp.stop()
-
-
-@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: Path) -> Iterator[Node]:
     os.environ["SPINENODE_MODELS_DIR"] = str(models_root)
     cfg = NodeConfig(
@@ -306,6 +299,3 @@ def test_serve_cli_on_shipped_default_model(tmp_path: Path, phantom_files: list[
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-
-
-__all__ = ["sys"]

@@ -192,13 +192,6 @@ def sent_ok(proc: object) -> bool:
 
 # --- fixtures -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
-    scp = StoreSCP(tmp_path_factory.mktemp("eval-dest") / "received")
-    yield scp
-    scp.stop()
-
-
-@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: Path) -> Iterator[Node]:
     os.environ["SPINENODE_MODELS_DIR"] = str(models_root)
     if not (models_root / TINY_MODEL).is_dir():

@@ -140,6 +140,3 @@ def test_status_values_are_the_standard_ones() -> None:
 def test_audit_db_uses_wal(receiver: Receiver) -> None:
     with receiver.db.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-
-
-__all__ = ["AuditDB"]

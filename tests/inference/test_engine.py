@@ -114,6 +114,8 @@ def test_class_stats_area_confidence_and_flip_agreement() -> None:
     assert v.flip_dice == pytest.approx(2 * 12 / 28)
     assert v.flip_jaccard == pytest.approx(12 / 16)
     assert class_stats(labels, conf, None)["T1"].area_unit == "pixels"
+    spine = stats["Spine"]  # the union V or T1, with its own flip agreement (the SEG's first segment)
+    assert spine.pixels == 17 and spine.flip_jaccard == pytest.approx(13 / 17)
 
 
 def test_metrics_sum_over_set_and_refuse_empty() -> None:
