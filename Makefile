@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-stamp
+HTTP_PORT ?= 8080
 DEBIAN_TOOLS := dcmtk dicom3tools
 
 .PHONY: setup run test lint debian-tools clean
@@ -17,10 +18,12 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/spinenode serve
+	$(VENV)/bin/spinenode serve --http-port $(HTTP_PORT)
 
 # dcmtk and dciodvfy (every test), Orthanc with its DICOMweb plugin (tests/dicom_node/test_orthanc.py),
-# Node.js and npm (tests/dicom_node/test_viewers.py runs OHIF's readers; npm ci installs them).
+# Node.js and npm (tests/dicom_node/test_viewers.py runs OHIF's readers; npm ci installs them),
+# Chromium (tests/dicom_node/test_http_browser.py drives the web page with playwright-core; no download),
+# PostgreSQL's server binaries (tests/dicom_node/test_postgres.py starts a throwaway cluster: initdb, pg_ctl).
 debian-tools:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
@@ -29,6 +32,9 @@ debian-tools:
 	test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -2,10 +2,10 @@
 
 Starts an in-process node with the chosen model and a dcmtk ``storescp`` destination on loopback, sends
 phantom DX images one at a time with dcmtk ``storescu`` (``TCP_NODELAY=1``), and reads the audit database:
-C-STORE acknowledged (storescu's wall time), queue wait, per-stage job timings and delivery. The same
+C-STORE acknowledged, queue wait, per-stage job timings and delivery. The same
 measurement is part of ``spinenode bench`` (``dicom_node.bench``), which this script reuses.
 
-    .venv/bin/python bench/latency.py --model demo-unetplusplus --n 5 --height 2500
+    .venv/bin/python bench/latency.py --model demo-unetplusplus --n 5 --height 2500 --width 1300
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ def main() -> int:
     ap.add_argument("--model", default="demo-unetplusplus")
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--height", type=int, default=2500)
+    ap.add_argument("--width", type=int, default=1300, help="the phantom padded to this many columns")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="spinenode-bench-"))
     dest = StoreSCP(work / "dest")
     node = None
     try:
-        files = phantom_files(work / "in", args.n + 1, args.height)
+        files = phantom_files(work / "in", args.n + 1, args.height, width=args.width)
         node = start_node(work / "var", args.model, dest)
         rows = end_to_end(node, files)[1:]  # the first image warms up the node and is not counted
     finally:

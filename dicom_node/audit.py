@@ -128,6 +128,10 @@ class JobRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # the worker process (host + pid) holding the job while running, then the one that ran it
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)  # then reclaimable
     instance: Mapped[InstanceRecord] = relationship()
     outputs: Mapped[list[OutputRecord]] = relationship(back_populates="job", order_by="OutputRecord.id")
     transitions: Mapped[list[JobTransition]] = relationship(order_by="JobTransition.id")
@@ -140,6 +144,7 @@ class JobTransition(Base):
     state: Mapped[JobState] = mapped_column(_enum(JobState))
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     detail: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(300))  # host:pid of the process that made it
 
 
 class OutputRecord(Base):
@@ -171,6 +176,8 @@ class DeliveryRecord(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(300))  # host:pid of the sender sending it
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     output: Mapped[OutputRecord] = relationship(back_populates="deliveries")
     attempt_log: Mapped[list[DeliveryAttempt]] = relationship(order_by="DeliveryAttempt.id")
 
@@ -240,20 +247,31 @@ class EventRecord(Base):
 
 
 class AuditDB:
-    """Engine + session factory for one database file."""
+    """Engine + session factory for one database: a SQLite file (a path, or a ``sqlite:///`` URL) or a
+    PostgreSQL server (``postgresql+psycopg://...``). The schema is brought up to date by the Alembic
+    migrations (``dicom_node.migrations``) when it is opened."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        # 0600 before SQLite opens it: its -wal and -shm files are created with the database's mode
-        path.touch(mode=0o600, exist_ok=True)
-        os.chmod(path, 0o600)
-        self.engine: Engine = create_engine(
-            f"sqlite:///{path}", connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-        )
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        event.listen(self.engine, "begin", _sqlite_begin_immediate)
-        Base.metadata.create_all(self.engine)
+    def __init__(self, target: Path | str) -> None:
+        from dicom_node import database, migrations
+
+        self.url = database.sqlite_url(target) if isinstance(target, Path) else str(target)
+        sqlite_file = database.sqlite_path(self.url)
+        self.path: Path | None = sqlite_file
+        if sqlite_file is not None:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 before SQLite opens it: its -wal and -shm files are created with the database's mode
+            sqlite_file.touch(mode=0o600, exist_ok=True)
+            os.chmod(sqlite_file, 0o600)
+            self.engine: Engine = create_engine(
+                database.sqlite_url(sqlite_file),
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin_immediate)
+        else:
+            self.engine = database.server_engine(self.url)
+        self.is_sqlite = sqlite_file is not None
+        migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

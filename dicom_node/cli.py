@@ -1,6 +1,6 @@
 """The ``spinenode`` command line. Logging is configured here and nowhere else.
 
-Commands: serve, echo, send, segment, audit, metrics, retry, phantom, models (list / import), train, evaluate,
+Commands: serve, worker, echo, send, segment, audit, metrics, retry, phantom, models (list / import), train, evaluate,
 bench.
 """
 
@@ -27,7 +27,7 @@ def _configure_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("pynetdicom", "PIL", "highdicom"):
+    for noisy in ("pynetdicom", "PIL", "highdicom", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -50,8 +50,12 @@ def _node_config(args: argparse.Namespace) -> Any:
             model=getattr(args, "model", None),
             allowed_calling_aes=tuple(getattr(args, "allow_calling_ae", None) or []),
             workers=getattr(args, "workers", None),
+            db_url=getattr(args, "db_url", None),
+            lease_s=getattr(args, "lease_s", None),
             tls_require_client_cert=getattr(args, "tls_require_client_cert", None),
             tls_destinations=tuple(str(Destination.parse(d)) for d in tls_destinations),
+            http_host=getattr(args, "http_host", None),
+            http_port=getattr(args, "http_port", None),
             **tls_paths,
         )
     except ConfigError as exc:
@@ -63,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _node_config(args)
     node = Node.compose(config)
+    http = _bind_http(node, config)  # None unless --http-port / [http] port; bound before the node starts
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -78,6 +83,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(
         f"SpineNode {config.ae_title} listening on port {port}; model {config.model}; destinations: {dests}", flush=True
     )
+    if http is not None:
+        try:
+            http.start()
+        except RuntimeError as exc:
+            node.stop()
+            raise CLIError(str(exc)) from exc
+        print(f"SpineNode web page and REST API at {http.url}", flush=True)
+    stop.wait()
+    if http is not None:
+        http.stop()
+    node.stop()
+    return 0
+
+
+def _bind_http(node: Any, config: Any) -> Any:
+    if not config.http_port:
+        return None
+    from dicom_node.http.server import HttpServer
+
+    http = HttpServer(node, config.http_host, config.http_port)
+    try:
+        http.bind()
+    except OSError as exc:
+        node.db.dispose()
+        where = f"{config.http_host}:{config.http_port}"
+        raise CLIError(f"cannot listen for HTTP on {where}: {exc.strerror or exc}") from exc
+    return http
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dicom_node.worker import WorkerNode
+
+    config = _node_config(args)
+    try:
+        node = WorkerNode.compose(config)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node.start()
+    except KeyError as exc:
+        node.db.dispose()
+        raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
+    print(node.description, flush=True)
     stop.wait()
     node.stop()
     return 0
@@ -106,8 +157,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from dicom_node.associations import send_files
     from dicom_node.config import ConfigError, Destination
-    from dicom_node.sender import send_files
 
     try:
         dest = Destination.parse(args.destination)
@@ -145,8 +196,15 @@ def _open_db(args: argparse.Namespace) -> Any:
     from dicom_node.audit import AuditDB
 
     config = _node_config(args)
+    if config.db_url:
+        try:
+            return AuditDB(config.db_url)
+        except Exception as exc:  # noqa: BLE001 - unreachable server, bad credentials: say so, briefly
+            from dicom_node.database import redacted
+
+            raise CLIError(f"cannot open the database {redacted(config.db_url)}: {type(exc).__name__}") from exc
     if not config.db_path.is_file():
-        raise CLIError(f"no audit database at {config.db_path} (use --data-dir)")
+        raise CLIError(f"no audit database at {config.db_path} (use --data-dir or --db-url)")
     return AuditDB(config.db_path)
 
 
@@ -289,11 +347,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(model, args.json, args.quick, args.height)
 
 
-def _node_flags(p: argparse.ArgumentParser, serve: bool = False) -> None:
+def _node_flags(p: argparse.ArgumentParser, serve: bool = False, worker: bool = False) -> None:
     p.add_argument("--config", help="TOML config file (default: $SPINENODE_CONFIG or config/node.toml)")
     p.add_argument("--data-dir", help="storage and SQLite audit database (default ./var)")
+    p.add_argument(
+        "--db-url",
+        help="database URL (default: $SPINENODE_DB_URL, [database] url, else SQLite in the data directory), "
+        "e.g. postgresql+psycopg://USER:PASSWORD@HOST:5432/spinenode",
+    )
     p.add_argument("--ae-title")
     p.add_argument("--port", type=int)
+    if serve or worker:
+        p.add_argument("--lease-s", type=float, help="job/delivery lease: reclaimed this long after a worker dies")
+    if worker:
+        p.add_argument("--model", help="default model to load at start-up")
+        p.add_argument("--workers", type=int, help="inference threads in this worker process (default 1)")
     if serve:
         p.add_argument("--bind", help="listen address (default 0.0.0.0)")
         p.add_argument("--destination", action="append", metavar="AE@HOST:PORT", help="repeatable")
@@ -309,6 +377,8 @@ def _node_flags(p: argparse.ArgumentParser, serve: bool = False) -> None:
         p.add_argument(
             "--tls-destination", action="append", metavar="AE@HOST:PORT", help="a destination reached over TLS"
         )
+        p.add_argument("--http-port", type=int, help="also serve the web page and REST API on this port (0: off)")
+        p.add_argument("--http-host", help="HTTP listen address (default 127.0.0.1; anything else is explicit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the DICOM node in the foreground")
     _node_flags(s, serve=True)
     s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="run jobs from the shared queue (scale-out: see README)")
+    _node_flags(w, worker=True)
+    w.set_defaults(func=cmd_worker)
 
     e = sub.add_parser("echo", help="C-ECHO a peer")
     e.add_argument("destination", metavar="AE@HOST:PORT")

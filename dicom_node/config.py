@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_ENV = "SPINENODE_CONFIG"
+DB_URL_ENV = "SPINENODE_DB_URL"  # the database URL (see dicom_node.database)
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "node.toml"
 
 DEFAULT_AE_TITLE = "SPINENODE"
@@ -30,8 +31,12 @@ MIN_FREE_DISK_MB = 200  # below this free space the SCP answers Out of Resources
 MAX_PIXELS = 80_000_000  # rows x columns x frames accepted for decoding (refused before decoding)
 ACCURACY_ALERT_BELOW = 0.7  # `spinenode metrics` alerts when a model's recent mean Dice is below this
 ACCURACY_RECENT = 20  # ... over this many most recent comparisons (per model and segment)
+DEFAULT_HTTP_HOST = "127.0.0.1"  # the web page and REST API: loopback only unless set explicitly
+DEFAULT_HTTP_PORT = 0  # 0: no HTTP server (`make run` and --http-port turn it on)
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
+LEASE_S = 30.0  # a claimed job/delivery whose worker sent no heartbeat for this long is reclaimed
+KEEP_OPEN_S = 5.0  # an association to a destination is released after this long unused (0: per pass)
 
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
@@ -110,6 +115,7 @@ class NodeConfig:
     max_pixels: int = MAX_PIXELS
     acse_timeout_s: float = ACSE_TIMEOUT_S
     dimse_timeout_s: float = DIMSE_TIMEOUT_S
+    keep_open_s: float = KEEP_OPEN_S
     flip_agreement: bool = True
     accuracy_alert_below: float = ACCURACY_ALERT_BELOW
     accuracy_recent: int = ACCURACY_RECENT
@@ -119,10 +125,21 @@ class NodeConfig:
     tls_ca: Path | None = None  # CA bundle (PEM) for peers' certificates: clients', TLS destinations'
     tls_require_client_cert: bool = False  # mutual TLS: clients must present a certificate of tls_ca
     tls_destinations: tuple[str, ...] = ()  # AE@HOST:PORT of the destinations reached over TLS
+    # [database]: None = SQLite file in data_dir; postgresql+psycopg://... to scale out (dicom_node.database)
+    db_url: str | None = None
+    lease_s: float = LEASE_S  # job and delivery leases (heartbeat every third of it)
+    # the web page and REST API ([http] in the TOML, dicom_node.http) in the same process; port 0: off
+    http_host: str = DEFAULT_HTTP_HOST
+    http_port: int = DEFAULT_HTTP_PORT
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "spinenode.db"
+
+    @property
+    def database_url(self) -> str:
+        """The database to use: ``db_url``, else the SQLite file ``db_path``."""
+        return self.db_url or f"sqlite:///{self.db_path}"
 
     def all_routes(self) -> tuple[Route, ...]:
         """Configured routes, then the default route (our AE title -> default model and destinations)."""
@@ -152,6 +169,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         values = _from_toml(raw)
+    if os.environ.get(DB_URL_ENV):  # the environment overrides the file; --db-url overrides both
+        values["db_url"] = os.environ[DB_URL_ENV]
     values.update({k: v for k, v in overrides.items() if v is not None and v != () and v != []})
     cfg = NodeConfig(**values)
     return _validated(cfg)
@@ -171,6 +190,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         "max_pixels",
         "acse_timeout_s",
         "dimse_timeout_s",
+        "keep_open_s",
         "flip_agreement",
     }
     for key in simple & node.keys():
@@ -204,6 +224,21 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     unknown_tls = set(tls) - {"cert", "key", "ca", "require_client_cert", "destinations"}
     if unknown_tls:
         raise ConfigError(f"unknown [tls] keys: {', '.join(sorted(unknown_tls))}")
+    http = raw.get("http", {})
+    for key in ("host", "port"):
+        if key in http:
+            out[f"http_{key}"] = http[key]
+    unknown_http = set(http) - {"host", "port"}
+    if unknown_http:
+        raise ConfigError(f"unknown [http] keys: {', '.join(sorted(unknown_http))}")
+    database = raw.get("database", {})
+    if database.get("url"):
+        out["db_url"] = str(database["url"])
+    if "lease_s" in database:
+        out["lease_s"] = float(database["lease_s"])
+    unknown_database = set(database) - {"url", "lease_s"}
+    if unknown_database:
+        raise ConfigError(f"unknown [database] keys: {', '.join(sorted(unknown_database))}")
     unknown_metrics = set(metrics) - {"alert_below", "recent"}
     if unknown_metrics:
         raise ConfigError(f"unknown [metrics] keys: {', '.join(sorted(unknown_metrics))}")
@@ -232,6 +267,8 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
     _check_ae(cfg.ae_title)
     if not 0 <= cfg.port < 65536:
         raise ConfigError(f"port {cfg.port} out of range")
+    if not 0 <= cfg.http_port < 65536:
+        raise ConfigError(f"HTTP port {cfg.http_port} out of range")
     if cfg.workers < 0:
         raise ConfigError("workers must be 0 or more")
     if cfg.retry_initial_s <= 0 or cfg.retry_max_s < cfg.retry_initial_s or cfg.retry_max_attempts < 1:
@@ -239,6 +276,15 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
     if not 0.0 <= cfg.accuracy_alert_below <= 1.0 or cfg.accuracy_recent < 1:
         raise ConfigError("metrics settings: need 0 <= alert_below <= 1 and recent >= 1")
     _check_tls(cfg)
+    if cfg.lease_s < 1:
+        raise ConfigError("database lease_s must be at least 1 second")
+    if cfg.db_url is not None:
+        from dicom_node.database import DatabaseURLError, normalized
+
+        try:
+            cfg = replace(cfg, db_url=normalized(cfg.db_url))
+        except DatabaseURLError as exc:
+            raise ConfigError(str(exc)) from exc
     return replace(cfg, data_dir=Path(cfg.data_dir), ae_title=cfg.ae_title.strip())
 
 

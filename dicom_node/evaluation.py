@@ -91,6 +91,7 @@ class Evaluator:
                 .where(ReceivedSegRecord.state == ReferenceState.DUE)
                 .order_by(ReceivedSegRecord.id)
                 .limit(1)
+                .with_for_update(skip_locked=True)  # several worker processes on PostgreSQL
             )
             if row is None:
                 return None

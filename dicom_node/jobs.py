@@ -1,8 +1,10 @@
 """The job queue, kept in the audit database: received -> queued -> running -> done | failed.
 
-Jobs survive restarts: at start-up a job found ``running`` (the node stopped mid-job) or ``received``
-is queued again. Claiming is one short ``BEGIN IMMEDIATE`` transaction, so two workers never take the
-same job; a condition variable wakes idle workers when the receiver enqueues.
+Jobs survive restarts: at start-up a job left ``running`` by a dead process of this host (the node
+stopped mid-job) or ``received`` is queued again; with several worker processes a job is held under a
+lease (``dicom_node.leases``) and taken back only when that lease expires. Claiming is one short
+transaction - ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite - so two
+workers never take the same job; a condition variable wakes idle workers when the receiver enqueues.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from dicom_node.audit import AuditDB, EventRecord, JobRecord, JobState, JobTransition, utcnow
+from dicom_node.audit import AuditDB, JobRecord, JobState, JobTransition, utcnow
+from dicom_node.config import LEASE_S
+from dicom_node.leases import WorkerIdentity, lease_until, reclaim_at_start
 
 
 class JobQueue:
-    def __init__(self, db: AuditDB) -> None:
+    def __init__(self, db: AuditDB, identity: WorkerIdentity | None = None, lease_s: float = LEASE_S) -> None:
         self.db = db
+        self.identity = identity or WorkerIdentity.current()
+        self.lease_s = lease_s
         self._wake = threading.Condition()
 
     def notify(self, _job_id: int | None = None) -> None:
@@ -29,33 +35,56 @@ class JobQueue:
             self._wake.wait(timeout)
 
     def recover(self) -> int:
-        """Queue again every job left running or received by an earlier process. Returns how many."""
-        with self.db.session() as s:
-            stale = list(s.scalars(select(JobRecord).where(JobRecord.state.in_((JobState.RUNNING, JobState.RECEIVED)))))
-            for job in stale:
-                job.state = JobState.QUEUED
-                s.add(JobTransition(job_id=job.id, state=JobState.QUEUED, detail="recovered at start-up"))
-                s.add(EventRecord(kind="recovered", job_id=job.id, detail="job re-queued after restart"))
-            return len(stale)
+        """Queue again the jobs an earlier process left: ``received`` ones, ``running`` ones of a dead
+        process of this host (or of none recorded), and any whose lease expired. Never a live worker's
+        job (another process's, on this host or another). Returns how many."""
+        return reclaim_at_start(self.db, self.identity)
 
     def claim(self) -> int | None:
-        """Take the oldest queued job: mark it running and return its id (None when the queue is empty)."""
+        """Take the oldest queued job: mark it running under this worker's lease and return its id (None
+        when the queue is empty). Rows other workers are claiming are skipped, not waited for."""
+        me = self.identity
         with self.db.session() as s:
-            job = s.scalar(select(JobRecord).where(JobRecord.state == JobState.QUEUED).order_by(JobRecord.id).limit(1))
+            job = s.scalar(
+                select(JobRecord)
+                .where(JobRecord.state == JobState.QUEUED)
+                .order_by(JobRecord.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
             if job is None:
                 return None
             job.state = JobState.RUNNING
             job.attempts += 1
             job.started_at = utcnow()
-            s.add(JobTransition(job_id=job.id, state=JobState.RUNNING))
+            job.worker_host, job.worker_pid = me.host, me.pid
+            job.lease_expires_at = lease_until(self.lease_s)
+            attempt = f"attempt {job.attempts}"
+            s.add(JobTransition(job_id=job.id, state=JobState.RUNNING, worker=str(me), detail=attempt))
             return job.id
 
-    def finish(self, job_id: int, state: JobState, detail: str | None = None, **fields: Any) -> None:
+    def holds(self, job: JobRecord, attempt: int | None = None) -> bool:
+        """Whether ``job`` (read with a row lock) is still running under this worker's
+        claim - and, given ``attempt``, the same claim: a job reclaimed after an expired lease is not."""
+        me = self.identity
+        return (
+            job.state == JobState.RUNNING
+            and (job.worker_host, job.worker_pid) == (me.host, me.pid)
+            and (attempt is None or job.attempts == attempt)
+        )
+
+    def finish(self, job_id: int, state: JobState, detail: str | None = None, **fields: Any) -> bool:
+        """Record the end of a job this worker holds. Returns False (and changes nothing) when the job
+        is no longer this worker's (its lease expired and another worker took it)."""
         with self.db.session() as s:
-            job = s.get(JobRecord, job_id)
+            job = s.get(JobRecord, job_id, with_for_update=True)
             assert job is not None
+            if job.worker_host is not None and not self.holds(job):
+                return False
             job.state = state
             job.finished_at = utcnow()
+            job.lease_expires_at = None
             for key, value in fields.items():
                 setattr(job, key, value)
-            s.add(JobTransition(job_id=job_id, state=state, detail=detail))
+            s.add(JobTransition(job_id=job_id, state=state, detail=detail, worker=str(self.identity)))
+            return True

@@ -25,8 +25,10 @@ from dicom_node.audit import (
     ReferenceState,
 )
 from dicom_node.config import NodeConfig
+from dicom_node.decoded import DECODED_CACHE_ITEMS, DecodedCache
 from dicom_node.evaluation import Evaluator
 from dicom_node.jobs import JobQueue
+from dicom_node.leases import LeaseKeeper, WorkerIdentity
 from dicom_node.processing import Processor, WorkerPool
 from dicom_node.scp import Receiver
 from dicom_node.sender import Sender
@@ -51,26 +53,33 @@ class Node:
     receiver: Receiver
     port: int = 0
     warmup: threading.Thread | None = None  # loads and warms the models while associations are accepted
+    leases: LeaseKeeper | None = None  # renews this process's job/delivery leases, reclaims expired ones
 
     @classmethod
     def compose(cls, config: NodeConfig, models: ModelRegistry | None = None) -> Node:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = AuditDB(config.db_path)
+        db = AuditDB(config.db_url or config.db_path)  # SQLite file by default, or a server URL
         storage = Storage(config.data_dir)
-        queue = JobQueue(db)
+        identity = WorkerIdentity.current()
+        queue = JobQueue(db, identity, config.lease_s)
         models = models or ModelRegistry()
-        processor = Processor(db, storage, models, flip_agreement=config.flip_agreement)
+        # the receiver's decoded images for this process's workers (none kept without workers)
+        decoded = DecodedCache(DECODED_CACHE_ITEMS if config.workers else 0)
+        processor = Processor(db, storage, models, flip_agreement=config.flip_agreement, decoded=decoded)
         evaluator = Evaluator(db, storage, models.root)
-        sender = Sender(config, db)
+        sender = Sender(config, db, identity)
         workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify, evaluator=evaluator)
-        receiver = Receiver(config, db, storage, on_job=queue.notify, on_reference=queue.notify)
-        return cls(config, db, storage, queue, models, processor, evaluator, workers, sender, receiver)
+        receiver = Receiver(config, db, storage, on_job=queue.notify, on_reference=queue.notify, decoded=decoded)
+        leases = LeaseKeeper(db, identity, config.lease_s, on_reclaim=queue.notify)
+        node = cls(config, db, storage, queue, models, processor, evaluator, workers, sender, receiver)
+        node.leases = leases
+        return node
 
     def start(self, preload: bool = True) -> int:
         recovered = self.queue.recover()
         if recovered:
             log.info("re-queued %d unfinished job(s) from an earlier run", recovered)
-        if self.evaluator.recover():
+        if self.db.is_sqlite and self.evaluator.recover():  # one process per SQLite file (see README)
             log.info("reference comparisons left unfinished by an earlier run are due again")
         if preload and self.config.workers:
             names = list(dict.fromkeys([self.config.model, *(route.model for route in self.config.routes)]))
@@ -83,6 +92,8 @@ class Node:
         self.db.record_event("start", f"AE {self.config.ae_title}, model {self.config.model}")
         self.workers.start()
         self.sender.start()
+        if self.leases is not None:
+            self.leases.start()
         self.port = self.receiver.start()
         return self.port
 
@@ -111,6 +122,8 @@ class Node:
         self.receiver.stop()
         self.workers.stop()
         self.sender.stop()
+        if self.leases is not None:  # after the workers: their leases are renewed while they finish
+            self.leases.stop()
         self.db.record_event("stop")
         self.db.dispose()
 

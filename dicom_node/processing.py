@@ -29,18 +29,24 @@ from dicom_node.audit import (
     OutputRecord,
     utcnow,
 )
+from dicom_node.decoded import DecodedCache
 from dicom_node.evaluation import Evaluator
 from dicom_node.jobs import JobQueue
 from dicom_node.references import mark_due
 from dicom_node.storage import Storage, dataset_bytes, write_durably
 from dicom_node.writers.outputs import build_outputs
-from inference.engine import Prediction
-from inference.preprocess import from_dataset
+from inference.prediction import Prediction
+from inference.preprocess import PreparedImage, from_dataset
 from inference.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # a worker with nothing to do re-checks the queue this often (it is also woken)
+
+
+class LeaseLost(RuntimeError):
+    """The job's lease expired while this worker ran it and another worker took it: the result is not
+    recorded (the other worker's run, with the same deterministic UIDs, is)."""
 
 
 def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
@@ -68,16 +74,25 @@ class JobResult:
 class Processor:
     """Runs one job end to end (used by the worker threads, ``spinenode segment`` and the benchmark)."""
 
-    def __init__(self, db: AuditDB, storage: Storage, models: ModelRegistry, flip_agreement: bool = True) -> None:
+    def __init__(
+        self,
+        db: AuditDB,
+        storage: Storage,
+        models: ModelRegistry,
+        flip_agreement: bool = True,
+        decoded: DecodedCache | None = None,
+    ) -> None:
         self.db = db
         self.storage = storage
         self.models = models
         self.flip_agreement = flip_agreement
+        self.decoded = decoded  # images the receiver of this process decoded already
 
-    def segment(self, ds: Dataset, model: str) -> JobResult:
+    def segment(self, ds: Dataset, model: str, prepared: PreparedImage | None = None) -> JobResult:
         engine = self.models.get(model)
         t0 = time.perf_counter()
-        prepared = from_dataset(ds)
+        if prepared is None:
+            prepared = from_dataset(ds)
         t1 = time.perf_counter()
         prediction = engine.predict(prepared, pixel_spacing_mm(ds), flip_agreement=self.flip_agreement)
         t2 = time.perf_counter()
@@ -88,15 +103,22 @@ class Processor:
         timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()} | built.timings_ms
         return JobResult(prediction, outputs, timings_ms, engine.card.weights_sha256)
 
-    def run(self, job_id: int) -> None:
+    def run(self, job_id: int, holder: JobQueue | None = None) -> None:
+        """Run one job. With ``holder`` (the queue that claimed it), the result is committed only while
+        the job is still that worker's claim (``LeaseLost`` otherwise)."""
         start = time.perf_counter()
         with self.db.session() as s:
             job = s.get(JobRecord, job_id)
             assert job is not None
+            attempt = job.attempts
             path, model, destinations = job.instance.path, job.model, list(job.destinations)
             study_uid, source_uid = job.instance.study_instance_uid, job.instance.sop_instance_uid
-        ds = dcmread(path)
-        result = self.segment(ds, model)
+        t_read = time.perf_counter()
+        cached = self.decoded.pop(job_id) if self.decoded is not None else None
+        ds, prepared = cached if cached is not None else (dcmread(path), None)
+        read_ms = (time.perf_counter() - t_read) * 1000
+        result = self.segment(ds, model, prepared)
+        result.timings_ms["read"] = round(read_ms, 1)  # 0 when the receiver handed the decoded image over
         t_write = time.perf_counter()
         files = {}
         for kind, out in result.outputs.items():
@@ -106,8 +128,11 @@ class Processor:
         result.timings_ms["encode_write"] = round((time.perf_counter() - t_write) * 1000, 1)
         total_ms = (time.perf_counter() - start) * 1000
         with self.db.session() as s:
-            job = s.get(JobRecord, job_id)
+            job = s.get(JobRecord, job_id, with_for_update=True)  # the row lock fences a reclaim
             assert job is not None
+            if holder is not None and job.worker_host is not None and not holder.holds(job, attempt):
+                now = f"{job.state.value}, attempt {job.attempts}"
+                raise LeaseLost(f"job {job_id} is no longer this worker's (now {now}); result not recorded")
             mine = OutputRecord.kind.in_(list(result.outputs))  # not the evaluation SRs of the job
             existing = {o.kind: o for o in s.scalars(select(OutputRecord).where(OutputRecord.job_id == job_id, mine))}
             for kind, out in result.outputs.items():
@@ -135,7 +160,9 @@ class Processor:
             job.state = JobState.DONE
             job.finished_at = utcnow()
             job.error = None
-            s.add(JobTransition(job_id=job_id, state=JobState.DONE))
+            job.lease_expires_at = None
+            worker = f"{job.worker_host}:{job.worker_pid}" if job.worker_host else None
+            s.add(JobTransition(job_id=job_id, state=JobState.DONE, worker=worker))
             due = mark_due(s, source_uid)
         log.info(
             "job %d done: %s in %.0f ms (inference %.0f ms)", job_id, model, total_ms, result.prediction.inference_ms
@@ -187,12 +214,15 @@ class WorkerPool:
                 continue
             self.busy += 1
             try:
-                self.processor.run(job_id)
+                self.processor.run(job_id, holder=self.queue)
+            except LeaseLost as exc:  # another worker re-runs it: nothing of this run is recorded
+                log.warning("job %d: %s", job_id, exc)
+                self.processor.db.record_event("lease_lost", str(exc), job_id=job_id)
             except Exception as exc:  # any failure of one job is recorded; the worker carries on
                 reason = f"{type(exc).__name__}: {exc}"
                 log.exception("job %d failed", job_id)
-                self.queue.finish(job_id, JobState.FAILED, reason, error=reason)
-                self.processor.db.record_event("job_failed", reason, job_id=job_id)
+                if self.queue.finish(job_id, JobState.FAILED, reason, error=reason):
+                    self.processor.db.record_event("job_failed", reason, job_id=job_id)
             finally:
                 self.busy -= 1
             self.on_done()
@@ -214,4 +244,4 @@ class WorkerPool:
         return True
 
 
-__all__ = ["JobResult", "Processor", "WorkerPool", "pixel_spacing_mm"]
+__all__ = ["JobResult", "LeaseLost", "Processor", "WorkerPool", "pixel_spacing_mm"]

@@ -25,12 +25,17 @@ def job_view(job: JobRecord) -> dict[str, Any]:
         "model": job.model,
         "model_version": job.model_version,
         "attempts": job.attempts,
+        # the worker process that holds the job (running) or ran it: host + pid
+        "worker": {"host": job.worker_host, "pid": job.worker_pid} if job.worker_host else None,
+        "lease_expires_at": _iso(job.lease_expires_at),
         "inference_ms": job.inference_ms,
         "total_ms": job.total_ms,
         "error": job.error,
         "received_at": _iso(job.created_at),
         "finished_at": _iso(job.finished_at),
-        "transitions": [{"state": t.state.value, "at": _iso(t.at), "detail": t.detail} for t in job.transitions],
+        "transitions": [
+            {"state": t.state.value, "at": _iso(t.at), "detail": t.detail, "worker": t.worker} for t in job.transitions
+        ],
         "metrics": job.metrics,
         "outputs": [
             {
@@ -94,7 +99,9 @@ def format_audit(report: dict[str, Any]) -> str:
         ms = f"{j['total_ms']:.0f}" if j["total_ms"] else "-"
         lines.append(
             f"{j['id']:>5} {j['state']:8} {j['model']:24} {ms:>7}  {kinds:11} {done}/{len(deliveries):<12} "
-            f"{j['sop_instance_uid']}" + (f"  error: {j['error']}" if j["error"] else "")
+            f"{j['sop_instance_uid']}"
+            + (f"  worker {j['worker']['host']}:{j['worker']['pid']}" if j.get("worker") else "")
+            + (f"  error: {j['error']}" if j["error"] else "")
         )
     refused = [e for e in report["events"] if e["kind"] in ("refused", "job_failed")]
     if refused:

@@ -41,6 +41,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node import references, tls
+from dicom_node.associations import no_delay
 from dicom_node.audit import (
     AssociationRecord,
     AuditDB,
@@ -50,11 +51,12 @@ from dicom_node.audit import (
     utcnow,
 )
 from dicom_node.config import NodeConfig
+from dicom_node.decoded import DecodedCache
 from dicom_node.instances import known_instance, new_instance
 from dicom_node.status import StoreStatus
 from dicom_node.storage import Storage, write_durably
 from dicom_node.writers.outputs import MANUFACTURER as OWN_MANUFACTURER
-from inference.preprocess import UnusableImageError, from_dataset
+from inference.preprocess import PreparedImage, UnusableImageError, from_dataset
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,10 @@ class Receiver:
         storage: Storage,
         on_job: Callable[[int], None],
         on_reference: Callable[[], None] | None = None,
+        decoded: DecodedCache | None = None,
     ) -> None:
         self.config = config
+        self.decoded = decoded  # where decoded images wait for a worker of this process
         self.db = db
         self.storage = storage
         self.on_job = on_job
@@ -151,6 +155,7 @@ class Receiver:
     def start(self) -> int:
         """Start listening in the background; return the bound port."""
         handlers = [
+            (evt.EVT_CONN_OPEN, no_delay),  # responses go out at once (no Nagle wait)
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -275,7 +280,7 @@ class Receiver:
         self._check_capacity()
         if context_sop_class in references.REFERENCE_SOP_CLASSES:
             return self._receive_segmentation(ds, encoded, context_sop_class, assoc_id)
-        self.validate(ds, context_sop_class)
+        prepared = self.validate(ds, context_sop_class)
         path = self._store(ds, encoded)
         route = self.config.route_for(
             called_ae,
@@ -289,6 +294,8 @@ class Receiver:
         except SQLAlchemyError as exc:
             raise Refusal(StoreStatus.OUT_OF_RESOURCES, f"cannot record instance: {type(exc).__name__}") from exc
         if job_id is not None:
+            if self.decoded is not None:
+                self.decoded.put(job_id, ds, prepared)
             self.on_job(job_id)
         return ReceiveResult(StoreStatus.SUCCESS, job_id, duplicate)
 
@@ -333,8 +340,8 @@ class Receiver:
                 f"SOPClassUID {sop_class} does not match the presentation context {context_sop_class}",
             )
 
-    def validate(self, ds: Dataset, context_sop_class: str) -> None:
-        """Refuse what we cannot use, before any pixel decoding where possible."""
+    def validate(self, ds: Dataset, context_sop_class: str) -> PreparedImage:
+        """Refuse what we cannot use, before any pixel decoding where possible; return the decoded image."""
         self._check_identity(ds, context_sop_class)
         sop_class = str(ds.SOPClassUID)
         if "PixelData" not in ds:
@@ -351,7 +358,7 @@ class Receiver:
         if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
             _check_secondary_capture(ds)
         try:
-            from_dataset(ds)
+            return from_dataset(ds)
         except UnusableImageError as exc:
             raise Refusal(StoreStatus.CANNOT_UNDERSTAND, f"unusable image: {exc}") from exc
         except BaseException as exc:  # decoder plugins may raise anything, even Rust panics

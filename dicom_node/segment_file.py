@@ -20,7 +20,7 @@ from dicom_node.processing import pixel_spacing_mm
 from dicom_node.storage import dataset_bytes, write_durably
 from dicom_node.writers.outputs import build_outputs
 from dicom_node.writers.overlay import display_rgb, render_overlay
-from inference.engine import Prediction
+from inference.prediction import Prediction
 from inference.preprocess import PreparedImage, from_dataset, from_image_file
 from inference.registry import ModelRegistry
 
@@ -43,21 +43,29 @@ def _read(path: Path) -> tuple[PreparedImage, Any]:
     return from_dataset(ds), ds
 
 
-def segment_file(path: Path, out_dir: Path, model: str | None = None) -> dict[str, Any]:
+def segment_file(
+    path: Path,
+    out_dir: Path,
+    model: str | None = None,
+    *,
+    models: ModelRegistry | None = None,
+    flip_agreement: bool = True,
+    original_png: bool = False,
+) -> dict[str, Any]:
+    """Segment ``path`` into ``out_dir``. ``models``: a registry of loaded models to use (the running
+    node's, for the web page); ``original_png``: also write the image as displayed (``-original.png``)."""
     model = model or load_config().model
     prepared, ds = _read(path)
-    engine = ModelRegistry().get(model)
+    engine = (models or ModelRegistry()).get(model)
     spacing = pixel_spacing_mm(ds) if ds is not None else None
-    prediction: Prediction = engine.predict(prepared, spacing)
+    prediction: Prediction = engine.predict(prepared, spacing, flip_agreement=flip_agreement)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = path.stem
     written: dict[str, str] = {}
-    rgb = render_overlay(
-        prediction.labels,
-        prediction,
-        engine.card,
-        display_rgb(ds, prepared.image) if ds is not None else _grey_rgb(prepared.image),
-    )
+    display = display_rgb(ds, prepared.image) if ds is not None else _grey_rgb(prepared.image)
+    if original_png:  # before the overlay is drawn into ``display``
+        written["original_png"] = _png(out_dir / f"{stem}-original.png", cv2.cvtColor(display, cv2.COLOR_RGB2BGR))
+    rgb = render_overlay(prediction.labels, prediction, engine.card, display)
     written["overlay_png"] = _png(out_dir / f"{stem}-overlay.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     written["mask_png"] = _png(out_dir / f"{stem}-mask.png", (prediction.labels * MASK_SCALE).astype(np.uint8))
     if ds is not None:

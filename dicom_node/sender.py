@@ -1,5 +1,6 @@
 """Delivery of results: C-STORE to each destination, retried with persisted exponential backoff.
 
+Results go out on an association kept open per destination (``dicom_node.associations``).
 Pending deliveries live in the database with their next attempt time, so an outage or a restart only
 delays them. Each attempt is recorded (status, error, duration). After ``retry_max_attempts`` a delivery
 is marked failed with the peer's last status/reason; ``spinenode retry --failed`` queues it again.
@@ -8,20 +9,18 @@ is marked failed with the peer's last status/reason; ``spinenode retry --failed`
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections import defaultdict
 from datetime import timedelta
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from dicom_node import tls
+from dicom_node.associations import Connections
 from dicom_node.audit import AuditDB, DeliveryAttempt, DeliveryRecord, DeliveryState, OutputRecord, utcnow
 from dicom_node.config import Destination, NodeConfig
+from dicom_node.leases import WorkerIdentity, lease_until
 from dicom_node.status import is_delivered
 
 log = logging.getLogger(__name__)
@@ -35,50 +34,15 @@ def backoff_s(attempts: int, initial: float, cap: float) -> float:
     return min(cap, initial * 2 ** max(attempts - 1, 0))
 
 
-def send_files(
-    ae_title: str,
-    dest: Destination,
-    paths: list[str],
-    timeout: float = 30.0,
-    tls_args: tuple[ssl.SSLContext, str] | None = None,
-) -> list[tuple[int | None, str | None]]:
-    """C-STORE ``paths`` to ``dest`` in one association (over TLS with ``tls_args``: context, host name).
-    Per file: (status or None, error or None)."""
-    datasets = [dcmread(p) for p in paths]
-    ae = AE(ae_title=ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
-    if not assoc.is_established:
-        reason = "association rejected" if assoc.is_rejected else "association failed (peer unreachable?)"
-        return [(None, reason)] * len(paths)
-    results: list[tuple[int | None, str | None]] = []
-    try:
-        for ds in datasets:
-            try:
-                rsp = assoc.send_c_store(ds)
-            except Exception as exc:  # noqa: BLE001 - a peer problem for this file, recorded
-                results.append((None, f"{type(exc).__name__}: {exc}"))
-                continue
-            if rsp is None or "Status" not in rsp:
-                results.append((None, "no response (timeout or abort)"))
-            else:
-                comment = str(rsp.get("ErrorComment", "")) or None
-                results.append((int(rsp.Status), comment))
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return results
-
-
 class Sender:
-    def __init__(self, config: NodeConfig, db: AuditDB) -> None:
+    def __init__(self, config: NodeConfig, db: AuditDB, identity: WorkerIdentity | None = None) -> None:
         self.config = config
         self.db = db
+        self.identity = identity or WorkerIdentity.current()  # lease owner of the deliveries it sends
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.connections = Connections(config.ae_title, config.dimse_timeout_s, config.keep_open_s)
 
     def notify(self) -> None:
         with self._wake:
@@ -93,6 +57,7 @@ class Sender:
         self.notify()
         if self._thread:
             self._thread.join(timeout)
+        self.connections.close_all()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -102,11 +67,17 @@ class Sender:
                 log.exception("delivery pass failed")
                 did = 0
             if not did:
+                self.connections.close_idle()
                 with self._wake:
                     self._wake.wait(IDLE_POLL_S)
 
     def run_once(self) -> int:
-        """Attempt every due delivery once. Returns how many were attempted."""
+        """Claim the due deliveries (up to ``BATCH_LIMIT``) and attempt each once. Returns how many.
+
+        Several processes may send (the receiver and every worker): a delivery is claimed under this
+        process's lease (``lease_owner``, renewed by its ``LeaseKeeper``) with ``FOR UPDATE SKIP
+        LOCKED`` on PostgreSQL, so each is attempted by one sender at a time; a sender that dies leaves
+        it to the others once the lease has expired."""
         now = utcnow()
         with self.db.session() as s:
             due = list(
@@ -114,10 +85,18 @@ class Sender:
                     select(DeliveryRecord.id, DeliveryRecord.destination, OutputRecord.path)
                     .join(OutputRecord, DeliveryRecord.output_id == OutputRecord.id)
                     .where(DeliveryRecord.state == DeliveryState.PENDING, DeliveryRecord.next_attempt_at <= now)
+                    .where(or_(DeliveryRecord.lease_owner.is_(None), DeliveryRecord.lease_expires_at < now))
                     .order_by(DeliveryRecord.id)
                     .limit(BATCH_LIMIT)
+                    .with_for_update(of=DeliveryRecord, skip_locked=True)
                 )
             )
+            if due:
+                s.execute(
+                    update(DeliveryRecord)
+                    .where(DeliveryRecord.id.in_([row[0] for row in due]))
+                    .values(lease_owner=str(self.identity), lease_expires_at=lease_until(self.config.lease_s))
+                )
         by_dest: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for delivery_id, dest, path in due:
             by_dest[dest].append((delivery_id, path))
@@ -132,17 +111,20 @@ class Sender:
         try:
             paths = [p for _, p in items]
             tls_args = tls.client_args(self.config, dest)
-            results = send_files(self.config.ae_title, dest, paths, self.config.dimse_timeout_s, tls_args)
+            results = self.connections.send(dest, paths, tls_args)
         except Exception as exc:  # unreadable output file, socket errors
             results = [(None, f"{type(exc).__name__}: {exc}")] * len(items)
         elapsed = (time.perf_counter() - start) * 1000 / max(len(items), 1)
         with self.db.session() as s:
             for (delivery_id, _), (status, error) in zip(items, results, strict=True):
-                d = s.get(DeliveryRecord, delivery_id)
+                d = s.get(DeliveryRecord, delivery_id, with_for_update=True)
                 assert d is not None
+                s.add(DeliveryAttempt(delivery_id=d.id, status=status, error=error, duration_ms=round(elapsed, 1)))
+                if d.lease_owner not in (None, str(self.identity)) or d.state != DeliveryState.PENDING:
+                    continue  # our lease expired and another sender has it: the attempt is logged, no more
+                d.lease_owner = d.lease_expires_at = None
                 d.attempts += 1
                 d.last_status, d.last_error = status, error
-                s.add(DeliveryAttempt(delivery_id=d.id, status=status, error=error, duration_ms=round(elapsed, 1)))
                 if status is not None and is_delivered(status):
                     d.state = DeliveryState.DELIVERED
                     d.delivered_at = utcnow()

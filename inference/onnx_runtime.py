@@ -104,7 +104,7 @@ def _check_batch(card: ModelCard) -> tuple[np.ndarray, list[int]]:
     return np.ascontiguousarray(np.stack(xs)), list(CHECK_SEEDS)
 
 
-def _export(module: torch.nn.Module, input_size: tuple[int, int]) -> bytes:
+def export_onnx(module: torch.nn.Module, input_size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     example = torch.rand(2, 3, *input_size)
     with warnings.catch_warnings():
@@ -122,7 +122,7 @@ def _export(module: torch.nn.Module, input_size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-def _session(model: bytes | str) -> Any:
+def ort_session(model: bytes | str) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -186,12 +186,12 @@ def prepare_onnx(card: ModelCard, module: torch.nn.Module) -> tuple[OnnxRunner |
             info["check"] = check.to_json()
             if not check.passed:
                 raise RuntimeError(f"recorded numerical check failed ({check_path})")
-            runner = OnnxRunner(_session(str(path)), path, check)
+            runner = OnnxRunner(ort_session(str(path)), path, check)
             info.update({"runtime": "onnx", "cache_hit": True})
             return runner, info
         t0 = time.perf_counter()
-        model = _export(module, card.input_size)
-        session = _session(model)
+        model = export_onnx(module, card.input_size)
+        session = ort_session(model)
         check = _compare(session, module, card, time.perf_counter() - t0)
         info["check"] = check.to_json()
         cached: Path | None = path

@@ -42,8 +42,11 @@ MIN_SIDE = 8  # smaller images cannot be segmented meaningfully
 def window_to_unit(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """DICOM linear VOI window (PS3.3 C.11.2.1.2.1) to [0, 1]."""
     width = max(float(width), 1.0)
-    out = (values.astype(np.float32) - (center - 0.5)) / (width - 1) + 0.5
-    return np.clip(out, 0.0, 1.0)
+    out = values.astype(np.float32)  # one float32 copy, then in place (a radiograph is millions of pixels)
+    out -= center - 0.5
+    out /= width - 1
+    out += 0.5
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _robust_unit(values: np.ndarray) -> np.ndarray:
@@ -86,7 +89,12 @@ def from_dataset(ds: Dataset) -> PreparedImage:
         return _checked(PreparedImage(np.clip(unit, 0, 1).astype(np.float32), notes))
     if arr.ndim != 2:
         raise UnusableImageError(f"unexpected pixel array shape {arr.shape}")
-    values = apply_modality_lut(arr, ds)
+    identity = (
+        "ModalityLUTSequence" not in ds
+        and float(ds.get("RescaleSlope", 1) or 1) == 1.0
+        and float(ds.get("RescaleIntercept", 0) or 0) == 0.0
+    )
+    values = arr if identity else apply_modality_lut(arr, ds)  # the identity LUT would only copy to float64
     if "WindowCenter" in ds and "WindowWidth" in ds:
         center, width = ds.WindowCenter, ds.WindowWidth
         center = float(center[0] if hasattr(center, "__len__") and not isinstance(center, str) else center)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from inference.engine import Engine
 from inference.model_card import find_card, list_cards
+
+if TYPE_CHECKING:
+    from inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,9 @@ class ModelRegistry:
             engine = self._engines.get(name)
             if engine is None:
                 try:
+                    # PyTorch is imported here, on first use (seconds): the node listens before that
+                    from inference.engine import Engine
+
                     engine = Engine(find_card(name, self.root))
                 except Exception as exc:
                     self._errors[name] = f"{type(exc).__name__}: {exc}"

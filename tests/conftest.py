@@ -119,7 +119,7 @@ def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 class StoreSCP:
     """dcmtk ``storescp`` on loopback, writing what it receives into a folder."""
 
-    def __init__(self, folder: Path, ae_title: str = "DEST") -> None:
+    def __init__(self, folder: Path, ae_title: str = "DEST", extra: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.ae_title = ae_title
         self.port = free_port()
@@ -132,6 +132,7 @@ class StoreSCP:
                 "--output-directory",
                 str(folder),
                 "--accept-all",
+                *extra,
                 str(self.port),
             ],
             stdout=subprocess.DEVNULL,

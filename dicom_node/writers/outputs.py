@@ -19,8 +19,8 @@ from dicom_node.writers.overlay import build_overlay
 from dicom_node.writers.seg import build_segmentation
 from dicom_node.writers.source import writable_source
 from dicom_node.writers.sr import build_measurement_report
-from inference.engine import Prediction
 from inference.model_card import DEMO_DISCLAIMER, ModelCard
+from inference.prediction import Prediction
 
 MANUFACTURER = "SpineNode"
 PACKAGE = "spinenode"

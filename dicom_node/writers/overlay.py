@@ -21,8 +21,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from inference.classes import CLASS_COLOURS, FOREGROUND, SpineClass
-from inference.engine import ClassStats, Prediction
 from inference.model_card import ModelCard
+from inference.prediction import ClassStats, Prediction
 from inference.preprocess import from_dataset
 
 ALPHA = 0.4  # weight of the class colour in the tint

@@ -35,8 +35,8 @@ from pydicom.sr.coding import Code
 
 from dicom_node.uids import device_uid, tracking_uid
 from dicom_node.writers.seg import SEGMENT_CATEGORY, SEGMENTS, SegmentSpec
-from inference.engine import ClassStats, Prediction
 from inference.model_card import ModelCard
+from inference.prediction import ClassStats, Prediction
 
 log = logging.getLogger(__name__)
 

@@ -73,3 +73,12 @@ def test_models_load_and_warm_up_in_the_background(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         unknown.start()
     unknown.db.dispose()
+
+
+def test_stand_in_forward_reports_its_share_of_the_sgemm_rate() -> None:
+    """The ResNet-50 figure's code path, on a small random-weight model and input (no timing asserted)."""
+    from dicom_node.bench import stand_in_forward
+
+    m = stand_in_forward("deeplabv3plus", "mobilenet_v2", (64, 32), sgemm=50.0, repeats=2)
+    assert m["gflop"] > 0 and m["forward_ms_median"] > 0
+    assert m["fraction_of_sgemm"] == round(m["gflop"] / (m["forward_ms_median"] / 1000) / 50.0, 3)

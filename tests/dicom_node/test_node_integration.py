@@ -110,6 +110,11 @@ def test_storescu_to_node_to_storescp(node: Node, dest: StoreSCP, phantom_files:
         )
     )
     assert job["metrics"]["classes"]["V"]["area_unit"] == "mm2"
+    # decoded once: the worker took the receiver's decoded image instead of reading the file again
+    assert node.processor.decoded is not None and node.processor.decoded.hits >= 1
+    assert "read" in job["metrics"]["timings_ms"]
+    # the three outputs went out on one association, kept open for the next job
+    assert node.sender.connections.opened == 1
 
 
 def test_resend_gives_same_uids_and_no_second_job(node: Node, dest: StoreSCP, phantom_files: list[Path]) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node.associations import send_files
 from dicom_node.audit import AuditDB, InstanceRecord
 from dicom_node.config import ConfigError, Destination, NodeConfig, load_config
 from dicom_node.scp import Receiver
-from dicom_node.sender import send_files
 from dicom_node.storage import Storage
 from dicom_node.tls import client_args
 from tests.conftest import free_port, require_tool, wait_for_port

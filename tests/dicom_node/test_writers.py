@@ -23,10 +23,10 @@ from dicom_node.writers import Outputs, build_outputs
 from dicom_node.writers.overlay import NOT_FOR_DIAGNOSIS
 from dicom_node.writers.sr import FLIP_DICE, FLIP_JACCARD, PRIVATE_SCHEME
 from inference.classes import SpineClass
-from inference.engine import Prediction, class_stats
 from inference.model_card import DEMO_DISCLAIMER, ModelCard
 from inference.phantom import Phantom, make_phantom
 from inference.phantom_dicom import phantom_to_dataset
+from inference.prediction import Prediction, class_stats
 from tests.dciodvfy import dciodvfy_errors
 
 SEED = 920000

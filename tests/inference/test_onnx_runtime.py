@@ -50,7 +50,7 @@ def test_second_load_reuses_the_cached_export(busy_card: ModelCard, monkeypatch:
     def no_export(*_: object) -> bytes:
         raise AssertionError("re-exported despite a cached export")
 
-    monkeypatch.setattr(onnx_runtime, "_export", no_export)
+    monkeypatch.setattr(onnx_runtime, "export_onnx", no_export)
     again = Engine(busy_card, runtime="onnx")
     assert again.runtime == "onnx" and again.runtime_info["cache_hit"] is True
     assert path.stat().st_mtime_ns == mtime
@@ -64,7 +64,7 @@ def test_export_failure_falls_back_to_torch(
     def broken(*_: object) -> bytes:
         raise RuntimeError("exporter broke")
 
-    monkeypatch.setattr(onnx_runtime, "_export", broken)
+    monkeypatch.setattr(onnx_runtime, "export_onnx", broken)
     engine = Engine(busy_card)
     assert engine.runtime == "torch"
     assert "exporter broke" in engine.runtime_info["fallback_reason"]

@@ -1,0 +1,144 @@
+"""The web page end to end in a real browser: Debian's headless Chromium driven by ``playwright-core``
+(``tests/browser/upload.mjs``, pinned in ``tests/browser/package-lock.json`` and installed with ``npm ci``;
+no browser is ever downloaded).
+
+A node on the shipped default model receives a phantom over DICOM (so that the "Node" tab has a job with
+its overlay thumbnail), then the page uploads a phantom PNG with the file picker, waits for the overlay,
+reads the metrics table, opens the Node tab and saves a screenshot to ``var/test-artefacts/`` (or
+``$SPINENODE_TEST_ARTEFACTS``); a second run drops a phantom DICOM file on the page (drag and drop) and
+follows its SEG/SR/SC links. Chromium is required in CI (``make test`` installs it) and the test skips
+elsewhere when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import cv2
+import httpx
+import pytest
+from pydicom import dcmread
+
+from dicom_node.config import NodeConfig
+from dicom_node.http.server import HttpServer
+from dicom_node.node import Node
+from dicom_node.report import audit_report
+from inference.phantom_dicom import write_phantoms
+from inference.registry import ModelRegistry
+from tests.conftest import PROJECT, free_port, require_tool, storescu
+
+BROWSER = PROJECT / "tests" / "browser"
+SCRIPT = BROWSER / "upload.mjs"
+LOCK = BROWSER / "package-lock.json"
+INSTALLED_LOCK = BROWSER / "node_modules" / ".package-lock.json"  # written by npm ci
+ARTEFACTS = Path(os.environ.get("SPINENODE_TEST_ARTEFACTS") or PROJECT / "var" / "test-artefacts")
+DEFAULT_MODEL = "demo-unetplusplus"
+NPM_TIMEOUT_S = 300
+BROWSER_TIMEOUT_S = 240
+PNG_SEED = 930002
+DEMO_LABEL = "synthetic-trained — not for diagnostic use"
+
+
+def install_playwright_core() -> None:
+    """``npm ci`` into tests/browser unless node_modules already matches the lock file."""
+    npm = require_tool("npm")
+    if INSTALLED_LOCK.is_file() and INSTALLED_LOCK.stat().st_mtime >= LOCK.stat().st_mtime:
+        return
+    proc = subprocess.run(
+        [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+        cwd=BROWSER,
+        capture_output=True,
+        text=True,
+        timeout=NPM_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def run_page(url: str, image: Path, screenshot: Path, via: str = "picker") -> dict:
+    """``upload.mjs`` in headless Chromium: what the page showed after uploading ``image``."""
+    node = require_tool("node")
+    chromium = require_tool("chromium")
+    install_playwright_core()
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [node, str(SCRIPT), url, str(image), str(screenshot)],
+        capture_output=True,
+        text=True,
+        timeout=BROWSER_TIMEOUT_S,
+        env={**os.environ, "CHROMIUM": chromium, "UPLOAD_VIA": via},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def page_url(
+    tmp_path_factory: pytest.TempPathFactory, models_root: Path, onnx_cache: Path, phantom_files: list[Path]
+) -> Iterator[str]:
+    """A node on the default model with its web page, holding one finished DICOM job."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPINENODE_MODELS_DIR", str(models_root))
+        mp.setenv("SPINENODE_CACHE_DIR", str(onnx_cache))
+        config = NodeConfig(data_dir=tmp_path_factory.mktemp("var"), port=free_port(), bind="127.0.0.1")
+        assert config.model == DEFAULT_MODEL
+        node = Node.compose(config, ModelRegistry(models_root))
+        node.start()
+        http = HttpServer(node, "127.0.0.1", free_port())
+        http.start()
+        try:
+            assert storescu(node.port, phantom_files[2]).returncode == 0
+            deadline = time.monotonic() + 120
+            while not any(j["state"] == "done" for j in audit_report(node.db)["jobs"]):
+                assert time.monotonic() < deadline, "the DICOM job did not finish"
+                time.sleep(0.2)
+            yield http.url
+        finally:
+            http.stop()
+            node.stop()
+
+
+@pytest.mark.slow
+def test_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
+    [entry] = write_phantoms(tmp_path, 1, PNG_SEED, "png", height=640)
+    png = tmp_path / entry["file"]
+    rows, cols = cv2.imread(str(png), cv2.IMREAD_UNCHANGED).shape[:2]
+    screenshot = ARTEFACTS / "web-page-upload.png"
+    page = run_page(page_url, png, screenshot)
+    assert page["model"] == DEFAULT_MODEL
+    assert page["status"] == f"{png.name} segmented."
+    for key in ("original", "mask", "overlay"):
+        assert page["images"][key] == {"width": cols, "height": rows}, key
+    table = {row["class"]: row["cells"] for row in page["rows"]}
+    assert {"V", "T1"} <= set(table)
+    assert int(table["V"][1]) > 0 and int(table["T1"][1]) > 0  # pixels: the default model finds both
+    assert "flip agreement Dice" in page["headers"] and not any("accuracy" in h.lower() for h in page["headers"])
+    assert page["demo_warning"] == DEMO_LABEL
+    [job] = page["jobs"]
+    assert "done" in job["cells"]
+    assert any(DEFAULT_MODEL in cell and DEMO_LABEL in cell for cell in job["cells"]), job["cells"]
+    assert job["thumbnail"] is not None and job["thumbnail"]["width"] > 0
+    assert page["console_errors"] == []
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+    assert [d["text"] for d in page["downloads"]] == ["metrics JSON"]  # no SEG/SR/SC for a PNG
+
+
+@pytest.mark.slow
+def test_dicom_upload_in_headless_chromium(page_url: str, phantom_files: list[Path]) -> None:
+    """A DICOM file dropped on the page: figures in mm², and links to the SEG, SR and SC written for it."""
+    page = run_page(page_url, phantom_files[0], ARTEFACTS / "web-page-dicom.png", via="drop")
+    source = dcmread(phantom_files[0], stop_before_pixels=True)
+    assert page["images"]["overlay"] == {"width": source.Columns, "height": source.Rows}
+    table = {row["class"]: row["cells"] for row in page["rows"]}
+    assert table["V"][3].endswith("mm²") and int(table["T1"][1]) > 0
+    links = {d["text"]: d["href"] for d in page["downloads"]}
+    assert {"SEG", "SR", "overlay SC"} <= set(links)
+    for text in ("SEG", "SR", "overlay SC"):
+        ds = dcmread(BytesIO(httpx.get(page_url.rstrip("/") + links[text], timeout=30).content))
+        assert ds.StudyInstanceUID == source.StudyInstanceUID, text
