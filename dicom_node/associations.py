@@ -42,6 +42,12 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 # association carries every output; another class widens the association when it first has to go
 OUTPUT_SOP_CLASSES = frozenset({SegmentationStorage, Comprehensive3DSRStorage, SecondaryCaptureImageStorage})
 
+# pynetdicom's network thread polls its socket every 1 ms (~10 % of a core per open association, taken from
+# the model's forward pass on a 2-core machine); between passes a kept-open association polls this slowly,
+# with its reactor paused. Up to this much delay on the first PDU of the next pass.
+IDLE_POLL_S = 0.01
+ACTIVE_POLL_S = 0.001  # pynetdicom's own setting
+
 SendResult = tuple[int | None, str | None]  # (status or None, error or None), per file
 TlsArgs = tuple[ssl.SSLContext, str]  # (context, server host name) as pynetdicom takes it
 
@@ -82,6 +88,7 @@ class _Open:
     assoc: Association
     sop_classes: frozenset[str]
     last_used: float = field(default_factory=time.monotonic)
+    active: bool = True  # False between passes (``_idle``): ``_resume`` before use
 
 
 def _associate(
@@ -123,6 +130,39 @@ def _hold_reactor(assoc: Association, limit_s: float = 1.0) -> None:
             return  # it ran, then paused: it is waiting on the cleared checkpoint
         time.sleep(0.0002)
     # never seen running within the limit: it has been waiting on the checkpoint all along
+
+
+def _set_poll(assoc: Association, seconds: float) -> None:
+    dul = getattr(assoc, "dul", None)
+    if dul is not None and hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = seconds
+
+
+def _idle(assoc: Association) -> None:
+    """Between passes: the reactor paused and the network thread polling slowly (``IDLE_POLL_S``)."""
+    _hold_reactor(assoc)
+    _set_poll(assoc, IDLE_POLL_S)
+
+
+def _resume(assoc: Association) -> bool:
+    """Before a pass on an idle association: True if it is still usable. An idle peer sends nothing, so
+    anything it did send meanwhile (a release request, an abort, a closed connection) makes it stale."""
+    _set_poll(assoc, ACTIVE_POLL_S)
+    dul = getattr(assoc, "dul", None)
+    try:
+        stale = (
+            not assoc.is_established
+            or dul is None
+            or not dul.is_alive()
+            or dul.peek_next_pdu() is not None
+            or (dul.socket is not None and dul.socket.ready)
+        )
+    except Exception:  # noqa: BLE001 - a broken socket or DUL: not usable
+        stale = True
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if checkpoint is not None:
+        checkpoint.set()  # the reactor runs again (send_c_store pauses it per request)
+    return not stale
 
 
 def _store(assoc: Association, item: _Outgoing) -> SendResult:
@@ -202,12 +242,18 @@ class Connections:
                 results.append(result)
             if self.keep_open_s <= 0:
                 self._drop(dest)
+            elif dest in self._open:
+                _idle(self._open[dest].assoc)
+                self._open[dest].active = False
             return results
 
     def _connection(self, dest: Destination, needed: frozenset[str], tls_args: TlsArgs | None) -> _Open | str:
         """The open association to ``dest`` with contexts for ``needed`` SOP classes, or why there is none."""
         conn = self._open.get(dest)
-        if conn is not None and conn.assoc.is_established and needed <= conn.sop_classes:
+        if conn is not None and conn.active and needed <= conn.sop_classes:
+            return conn
+        if conn is not None and needed <= conn.sop_classes and _resume(conn.assoc):
+            conn.active = True
             return conn
         classes = needed | self.sop_classes | (conn.sop_classes if conn is not None else frozenset())
         self._drop(dest)
@@ -222,9 +268,15 @@ class Connections:
 
     def _drop(self, dest: Destination) -> None:
         conn = self._open.pop(dest, None)
-        if conn is not None and conn.assoc.is_established:
+        if conn is None:
+            return
+        healthy = _resume(conn.assoc)  # the reactor must run for the release
+        if conn.assoc.is_established:
             try:
-                conn.assoc.release()
+                if healthy:
+                    conn.assoc.release()
+                else:
+                    conn.assoc.abort()
             except Exception:  # noqa: BLE001 - closing a broken association
                 conn.assoc.abort()
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from inference.classes import NUM_CLASSES, SpineClass
 from inference.model_card import ModelCard
@@ -22,10 +21,15 @@ from inference.onnx_runtime import OnnxRunner, default_runtime, prepare_onnx
 from inference.prediction import ClassStats, Prediction, class_stats, labels_at_native
 from inference.preprocess import PreparedImage, to_model_input
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 
 def load_module(card: ModelCard) -> torch.nn.Module:
+    import torch
+
     from inference.architectures import build_model  # segmentation-models-pytorch and timm: seconds to import
 
     module = build_model(card.architecture, card.encoder)
@@ -41,38 +45,53 @@ class Engine:
     that fails) or ``"torch"``. By default ``$SPINENODE_RUNTIME`` or ``onnx`` - except for an engine
     built around a module in hand (training's evaluation), which stays on torch unless asked.
     ``runtime_info`` says which runtime is used, the recorded numerical check and any fallback reason.
+    On ONNX Runtime with a cached export the torch module is not loaded (nor PyTorch imported) until
+    something asks for it (``module``, ``logits(..., "torch")``).
     """
 
     def __init__(self, card: ModelCard, module: torch.nn.Module | None = None, runtime: str | None = None) -> None:
         self.card = card
         if runtime is None:
             runtime = "torch" if module is not None else default_runtime()
-        self.module = module if module is not None else load_module(card)
-        self.module.eval()
+        self._module = module.eval() if module is not None else None
         self._lock = threading.Lock()
         offsets = card.logit_offsets or [0.0] * NUM_CLASSES
-        self._offsets = torch.tensor(offsets, dtype=torch.float32).view(1, -1, 1, 1)
+        self._offsets = np.asarray(offsets, np.float32).reshape(1, -1, 1, 1)
         self._onnx: OnnxRunner | None = None
         self.runtime_info: dict[str, Any] = {"runtime": "torch", "requested": runtime}
         if runtime == "onnx":
-            self._onnx, self.runtime_info = prepare_onnx(card, self.module)
+            self._onnx, self.runtime_info = prepare_onnx(card, lambda: self.module)
+        if self._onnx is None and self._module is None:  # on torch: load now, not on the first image
+            self._module = load_module(card)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The PyTorch module (loaded on first use when the engine runs on ONNX Runtime)."""
+        if self._module is None:
+            self._module = load_module(self.card)
+        return self._module
 
     @property
     def runtime(self) -> str:
         return "onnx" if self._onnx is not None else "torch"
 
-    def logits(self, batch: np.ndarray, runtime: str | None = None) -> torch.Tensor:
+    def logits(self, batch: np.ndarray, runtime: str | None = None) -> np.ndarray:
         """Raw logits (N, C, H, W) of a (N, 3, H, W) float32 batch, on this engine's runtime (or torch)."""
-        with self._lock, torch.inference_mode():
+        with self._lock:
             if self._onnx is not None and runtime != "torch":
-                return torch.from_numpy(self._onnx(batch))
-            return self.module(torch.from_numpy(batch))
+                return self._onnx(batch)
+            import torch
+
+            with torch.inference_mode():
+                return self.module(torch.from_numpy(batch)).numpy()
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax (N, C, H, W) at model resolution for a (N, 3, H, W) batch (logit offsets applied)."""
-        logits = self.logits(batch)
-        with torch.inference_mode():
-            return torch.softmax(logits + self._offsets, dim=1).numpy()
+        z = self.logits(batch) + self._offsets  # a new float32 array: normalised in place
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
 
     def predict(
         self, prepared: PreparedImage, spacing_mm: tuple[float, float] | None = None, flip_agreement: bool = True

@@ -7,7 +7,9 @@ and the exporter's versions. Before first use the export is checked numerically 
 phantoms (and their mirror images, as the engine runs them): the largest absolute logit difference and
 the agreement of the per-pixel argmax (after the card's logit offsets) must pass ``MAX_ABS_LOGIT_DIFF`` and
 ``MIN_ARGMAX_AGREEMENT``. The check is kept in ``<same name>.check.json`` beside the ``.onnx``; a later
-load with the same key reuses both and exports nothing.
+load with the same key reuses both and exports nothing - without importing PyTorch: the key is computed
+from the weights file's SHA-256 and the versions of the packages, so a node whose exports are cached runs on
+ONNX Runtime alone (hundreds of MB less memory, seconds less start-up).
 
 When the export, the check or the session fails, the engine stays on torch; the reason is logged as a
 warning and kept in the engine's ``runtime_info``. ``$SPINENODE_RUNTIME=torch`` selects torch outright.
@@ -22,15 +24,19 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from inference.model_card import ModelCard
+from inference.model_card import ModelCard, sha256_of
 from inference.preprocess import to_model_input
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +88,11 @@ class OnnxCheck:
         return asdict(self)
 
 
-def _cache_key(card: ModelCard, module: torch.nn.Module) -> str:
-    import onnxruntime
-
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    meta = [card.architecture, card.encoder, list(card.input_size), OPSET, torch.__version__, onnxruntime.__version__]
+def _cache_key(card: ModelCard) -> str:
+    """The weights file as it is on disk (not what the card says), the architecture, the input size and the
+    exporter's versions."""
+    digest = hashlib.sha256(sha256_of(card.weights_path).encode())
+    meta = [card.architecture, card.encoder, list(card.input_size), OPSET, version("torch"), version("onnxruntime")]
     digest.update(json.dumps(meta).encode())
     return digest.hexdigest()[:16]
 
@@ -105,6 +108,8 @@ def _check_batch(card: ModelCard) -> tuple[np.ndarray, list[int]]:
 
 
 def export_onnx(module: torch.nn.Module, input_size: tuple[int, int]) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     example = torch.rand(2, 3, *input_size)
     with warnings.catch_warnings():
@@ -135,6 +140,7 @@ def ort_session(model: bytes | str) -> Any:
 
 def _compare(session: Any, module: torch.nn.Module, card: ModelCard, export_s: float) -> OnnxCheck:
     import onnxruntime
+    import torch
 
     batch, seeds = _check_batch(card)
     with torch.inference_mode():
@@ -169,14 +175,15 @@ class OnnxRunner:
         return self.session.run(None, {"image": batch})[0]
 
 
-def prepare_onnx(card: ModelCard, module: torch.nn.Module) -> tuple[OnnxRunner | None, dict[str, Any]]:
-    """The checked ONNX Runtime session for ``card`` (exported or taken from the cache), and what happened.
+def prepare_onnx(card: ModelCard, module: Callable[[], torch.nn.Module]) -> tuple[OnnxRunner | None, dict[str, Any]]:
+    """The checked ONNX Runtime session for ``card`` (taken from the cache, or exported from the torch
+    module that ``module()`` loads - only then), and what happened.
 
     Returns ``(None, info)`` with ``info["fallback_reason"]`` when torch must be used instead.
     """
     info: dict[str, Any] = {"runtime": "torch", "requested": "onnx"}
     try:
-        key = _cache_key(card, module)
+        key = _cache_key(card)
         directory = cache_dir()
         path = directory / f"{card.name}-{key}.onnx"
         check_path = path.with_suffix(".check.json")
@@ -189,10 +196,11 @@ def prepare_onnx(card: ModelCard, module: torch.nn.Module) -> tuple[OnnxRunner |
             runner = OnnxRunner(ort_session(str(path)), path, check)
             info.update({"runtime": "onnx", "cache_hit": True})
             return runner, info
+        torch_module = module()
         t0 = time.perf_counter()
-        model = export_onnx(module, card.input_size)
+        model = export_onnx(torch_module, card.input_size)
         session = ort_session(model)
-        check = _compare(session, module, card, time.perf_counter() - t0)
+        check = _compare(session, torch_module, card, time.perf_counter() - t0)
         info["check"] = check.to_json()
         cached: Path | None = path
         try:
