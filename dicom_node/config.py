@@ -29,6 +29,7 @@ RETRY_MAX_ATTEMPTS = 30  # then the delivery is marked failed (about 25 minutes 
 MAX_BACKLOG = 500  # jobs waiting; beyond this the SCP answers Out of Resources
 MIN_FREE_DISK_MB = 200  # below this free space the SCP answers Out of Resources
 MAX_PIXELS = 80_000_000  # rows x columns x frames accepted for decoding (refused before decoding)
+DECODE_TIMEOUT_S = 30.0  # compressed pixel data not decoded within this (in a helper process) is refused
 ACCURACY_ALERT_BELOW = 0.7  # `spinenode metrics` alerts when a model's recent mean Dice is below this
 ACCURACY_RECENT = 20  # ... over this many most recent comparisons (per model and segment)
 DEFAULT_HTTP_HOST = "127.0.0.1"  # the web page and REST API: loopback only unless set explicitly
@@ -113,6 +114,7 @@ class NodeConfig:
     max_backlog: int = MAX_BACKLOG
     min_free_disk_mb: int = MIN_FREE_DISK_MB
     max_pixels: int = MAX_PIXELS
+    decode_timeout_s: float = DECODE_TIMEOUT_S
     acse_timeout_s: float = ACSE_TIMEOUT_S
     dimse_timeout_s: float = DIMSE_TIMEOUT_S
     keep_open_s: float = KEEP_OPEN_S
@@ -188,6 +190,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         "max_backlog",
         "min_free_disk_mb",
         "max_pixels",
+        "decode_timeout_s",
         "acse_timeout_s",
         "dimse_timeout_s",
         "keep_open_s",

@@ -52,6 +52,7 @@ from dicom_node.audit import (
 )
 from dicom_node.config import NodeConfig
 from dicom_node.decoded import DecodedCache
+from dicom_node.decoding import DecodeError, Decoder
 from dicom_node.instances import known_instance, new_instance
 from dicom_node.status import StoreStatus
 from dicom_node.storage import Storage, write_durably
@@ -126,6 +127,7 @@ class Receiver:
     ) -> None:
         self.config = config
         self.decoded = decoded  # where decoded images wait for a worker of this process
+        self.decoder = Decoder(config.decode_timeout_s)  # compressed pixel data: a killable helper process
         self.db = db
         self.storage = storage
         self.on_job = on_job
@@ -171,6 +173,7 @@ class Receiver:
         )
         port = int(self._server.server_address[1])
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.bind, port)
+        self.decoder.start()  # the decoder process starts in the background
         return port
 
     def stop(self) -> None:
@@ -178,6 +181,7 @@ class Receiver:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.decoder.stop()
 
     # --- association audit -----------------------------------------------------------------------
     def _on_accepted(self, event: evt.Event) -> None:
@@ -358,7 +362,9 @@ class Receiver:
         if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
             _check_secondary_capture(ds)
         try:
-            return from_dataset(ds)
+            return from_dataset(ds, self.decoder.decode(ds))
+        except DecodeError as exc:
+            raise Refusal(StoreStatus.CANNOT_UNDERSTAND, f"unusable image: {exc}") from exc
         except UnusableImageError as exc:
             raise Refusal(StoreStatus.CANNOT_UNDERSTAND, f"unusable image: {exc}") from exc
         except BaseException as exc:  # decoder plugins may raise anything, even Rust panics

@@ -7,27 +7,30 @@ metrics JSON. For a PNG or JPEG: the overlay PNG, the mask PNG and the metrics J
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import load_config
+from dicom_node.decoding import DecodeError
 from dicom_node.processing import pixel_spacing_mm
 from dicom_node.storage import dataset_bytes, write_durably
 from dicom_node.writers.outputs import build_outputs
 from dicom_node.writers.overlay import display_rgb, render_overlay
 from inference.prediction import Prediction
-from inference.preprocess import PreparedImage, from_dataset, from_image_file
+from inference.preprocess import PreparedImage, UnusableImageError, from_dataset, from_image_file
 from inference.registry import ModelRegistry
 
 MASK_SCALE = 127  # mask PNG grey levels: V = 127, T1 = 254
 
 
-def _read(path: Path) -> tuple[PreparedImage, Any]:
+def _read(path: Path, decode: Callable[[Dataset], np.ndarray] | None = None) -> tuple[PreparedImage, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
@@ -40,7 +43,11 @@ def _read(path: Path) -> tuple[PreparedImage, Any]:
             return from_image_file(path), None
         except ValueError:
             raise ValueError(f"{path.name}: neither DICOM nor a PNG/JPEG image ({exc})") from None
-    return from_dataset(ds), ds
+    try:
+        pixels = decode(ds) if decode is not None and "PixelData" in ds else None
+    except DecodeError as exc:
+        raise UnusableImageError(str(exc)) from exc
+    return from_dataset(ds, pixels), ds
 
 
 def segment_file(
@@ -51,11 +58,13 @@ def segment_file(
     models: ModelRegistry | None = None,
     flip_agreement: bool = True,
     original_png: bool = False,
+    decode: Callable[[Dataset], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Segment ``path`` into ``out_dir``. ``models``: a registry of loaded models to use (the running
-    node's, for the web page); ``original_png``: also write the image as displayed (``-original.png``)."""
+    node's, for the web page); ``original_png``: also write the image as displayed (``-original.png``);
+    ``decode``: how to decode DICOM pixel data (the node's time-limited decoder, for uploads)."""
     model = model or load_config().model
-    prepared, ds = _read(path)
+    prepared, ds = _read(path, decode)
     engine = (models or ModelRegistry()).get(model)
     spacing = pixel_spacing_mm(ds) if ds is not None else None
     prediction: Prediction = engine.predict(prepared, spacing, flip_agreement=flip_agreement)

@@ -56,13 +56,14 @@ def _robust_unit(values: np.ndarray) -> np.ndarray:
     return np.clip((values.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def from_dataset(ds: Dataset) -> PreparedImage:
-    """Prepare the displayed grey image of a DICOM image dataset."""
+def from_dataset(ds: Dataset, pixels: np.ndarray | None = None) -> PreparedImage:
+    """Prepare the displayed grey image of a DICOM image dataset (``pixels``: its pixel array, if already
+    decoded)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise UnusableImageError("dataset has no pixel data")
     notes: list[str] = []
     try:
-        arr = ds.pixel_array
+        arr = ds.pixel_array if pixels is None else pixels
     except Exception as exc:  # decoders raise many types (ValueError, RuntimeError, plugin errors)
         raise UnusableImageError(f"pixel data could not be decoded: {exc}") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -176,6 +176,7 @@ def build_app(node: Node, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
                     node.models,
                     node.config.max_pixels,
                     node.config.flip_agreement,
+                    node.receiver.decoder.decode,  # compressed DICOM: time-limited, in the helper process
                 )
             except UploadError as exc:
                 raise HTTPException(exc.status, exc.message) from None

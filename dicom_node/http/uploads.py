@@ -18,13 +18,16 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 from PIL import Image
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.segment_file import MASK_SCALE, segment_file
@@ -135,7 +138,12 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def segment_upload(
-    request: SegmentRequest, data_dir: Path, models: ModelRegistry, max_pixels: int, flip_agreement: bool
+    request: SegmentRequest,
+    data_dir: Path,
+    models: ModelRegistry,
+    max_pixels: int,
+    flip_agreement: bool,
+    decode: Callable[[Dataset], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Segment one upload; the JSON answer of ``POST /api/segment`` (file names, not URLs, under ``files``)."""
     start = time.perf_counter()
@@ -152,7 +160,7 @@ def segment_upload(
     try:
         rows, cols = check_size(path, kind, max_pixels)
         summary = segment_file(
-            path, folder, request.model, models=models, flip_agreement=flip_agreement, original_png=True
+            path, folder, request.model, models=models, flip_agreement=flip_agreement, original_png=True, decode=decode
         )
     except UploadError:
         shutil.rmtree(folder, ignore_errors=True)

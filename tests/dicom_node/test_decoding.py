@@ -1,0 +1,135 @@
+"""Compressed pixel data is decoded in a helper process with a time limit (``dicom_node.decoding``):
+decoded exactly, refused with Cannot Understand when too slow or broken, and the helper comes back after
+it was killed. One test runs a real node with dcmtk ``storescu``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import JPEGLSLossless, RLELossless
+
+from dicom_node.audit import AuditDB
+from dicom_node.config import NodeConfig
+from dicom_node.decoding import DecodeError, Decoder
+from dicom_node.node import Node
+from dicom_node.scp import Receiver, Refusal
+from dicom_node.status import StoreStatus
+from dicom_node.storage import Storage
+from inference.phantom import make_phantom
+from inference.phantom_dicom import phantom_to_dataset
+from tests.conftest import TINY_MODEL, free_port, storescu
+
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A phantom DX (seed 930000) stored RLE and JPEG-LS lossless compressed."""
+    out = tmp_path_factory.mktemp("compressed")
+    paths = {}
+    for ts in (RLELossless, JPEGLSLossless):
+        ds = phantom_to_dataset(make_phantom(930000, height=512))
+        ds.compress(ts)
+        paths[ts.name] = out / f"{ts.keyword}.dcm"
+        ds.save_as(paths[ts.name], enforce_file_format=True)
+    return paths
+
+
+@pytest.fixture
+def decoder() -> Iterator[Decoder]:
+    d = Decoder(timeout_s=30)
+    yield d
+    d.stop()
+
+
+def test_compressed_pixels_come_back_exactly(decoder: Decoder, compressed: dict[str, Path]) -> None:
+    truth = phantom_to_dataset(make_phantom(930000, height=512)).pixel_array
+    for path in compressed.values():
+        assert np.array_equal(decoder.decode(dcmread(path)), truth)
+
+
+def test_uncompressed_pixels_need_no_helper(decoder: Decoder, phantom_files: list[Path]) -> None:
+    ds = dcmread(phantom_files[0])
+    assert np.array_equal(decoder.decode(ds), ds.pixel_array)
+    assert decoder._proc is None  # nothing was started for it
+
+
+def test_too_slow_is_refused_and_the_helper_comes_back(decoder: Decoder, compressed: dict[str, Path]) -> None:
+    ds = dcmread(compressed[RLELossless.name])
+    decoder.decode(ds)  # the helper is up
+    decoder.timeout_s = 0.0  # nothing decodes in no time
+    with pytest.raises(DecodeError, match="longer than"):
+        decoder.decode(ds)
+    assert decoder._proc is None  # killed
+    decoder.timeout_s = 30
+    assert decoder.decode(ds).shape == (int(ds.Rows), int(ds.Columns))
+
+
+def test_a_dead_helper_is_replaced(decoder: Decoder, compressed: dict[str, Path]) -> None:
+    ds = dcmread(compressed[RLELossless.name])
+    decoder.decode(ds)
+    assert decoder._proc is not None
+    decoder._proc.kill()  # as if a codec had crashed it between two images
+    decoder._proc.wait()
+    assert decoder.decode(ds).shape == (int(ds.Rows), int(ds.Columns))
+
+
+def test_broken_codestream_is_refused_with_the_reason(tmp_path: Path, compressed: dict[str, Path]) -> None:
+    cfg = NodeConfig(data_dir=tmp_path / "var")
+    receiver = Receiver(cfg, AuditDB(cfg.db_path), Storage(cfg.data_dir), on_job=lambda _: None)
+    ds = copy.deepcopy(dcmread(compressed[RLELossless.name]))
+    ds.PixelData = ds.PixelData[:100]
+    try:
+        with pytest.raises(Refusal) as info:
+            receiver.receive(ds, b"", DX, "SPINENODE", "SCU")
+        assert info.value.status is StoreStatus.CANNOT_UNDERSTAND
+        assert "could not be decoded" in info.value.detail
+    finally:
+        receiver.decoder.stop()
+
+
+def test_node_refuses_what_does_not_decode_in_time_and_carries_on(
+    tmp_path: Path, compressed: dict[str, Path], phantom_files: list[Path], models_root: Path
+) -> None:
+    cfg = NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL)
+    node = Node.compose(replace(cfg, decode_timeout_s=0.0))
+    node.start()
+    try:
+        proc = storescu(node.port, compressed[RLELossless.name], extra=("-xr",))  # propose RLE
+        assert "error: cannotunderstand" in (proc.stdout + proc.stderr).lower()
+        refusals = [e for e in node.db.events() if e.kind == "refused"]
+        assert [e.status for e in refusals] == [0xC000] and "longer than" in (refusals[0].detail or "")
+        assert storescu(node.port, phantom_files[0]).returncode == 0  # uncompressed: still accepted
+    finally:
+        node.stop()
+    node = Node.compose(replace(cfg, data_dir=tmp_path / "var2"))  # the default limit: it goes through
+    node.start()
+    try:
+        assert storescu(node.port, compressed[RLELossless.name], extra=("-xr",)).returncode == 0
+        assert not [e for e in node.db.events() if e.kind == "refused"]
+    finally:
+        node.stop()
+
+
+def test_uploads_use_the_time_limited_decoder(tmp_path: Path, compressed: dict[str, Path], models_root: Path) -> None:
+    from dicom_node.http.uploads import SegmentRequest, UploadError, segment_upload
+    from inference.registry import ModelRegistry
+
+    request = SegmentRequest(compressed[RLELossless.name].read_bytes(), "rle.dcm", TINY_MODEL)
+    slow, normal = Decoder(timeout_s=0.0), Decoder(timeout_s=30)
+    try:
+        with pytest.raises(UploadError) as info:
+            segment_upload(request, tmp_path, ModelRegistry(), 80_000_000, False, slow.decode)
+        assert info.value.status == 400 and "longer than" in info.value.message
+        result = segment_upload(request, tmp_path, ModelRegistry(), 80_000_000, False, normal.decode)
+        assert result["input"]["kind"] == "dicom" and result["input"]["rows"] == 512  # decoded by the helper
+        assert {"seg", "sr", "sc"} <= result["files"].keys()
+    finally:
+        slow.stop()
+        normal.stop()
