@@ -172,9 +172,10 @@ def _store(assoc: Association, item: _Outgoing) -> SendResult:
         for c in assoc.accepted_contexts
     )
     try:
-        _hold_reactor(assoc)
         # a path is streamed as encoded; a data set is re-encoded in the accepted transfer syntax
-        rsp = assoc.send_c_store(Path(item.path) if streamable else dcmread(item.path))
+        payload = Path(item.path) if streamable else dcmread(item.path)
+        _hold_reactor(assoc)  # last: send_c_store releases the reactor again when it is done
+        rsp = assoc.send_c_store(payload)
     except Exception as exc:  # noqa: BLE001 - a peer or file problem for this file, recorded
         return None, f"{type(exc).__name__}: {exc}"
     if rsp is None or "Status" not in rsp:

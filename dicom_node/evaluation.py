@@ -120,7 +120,9 @@ class Evaluator:
             self._finish(ref_id, ReferenceState.OWN_OUTPUT, f"identical to our SEG, segments by {work.model}")
             return
         card = self.card_for(work, ours)
-        sr = build_evaluation_report(dcmread(work.source_path), ours, reference, comparisons, card)
+        sr = build_evaluation_report(
+            dcmread(work.source_path, stop_before_pixels=True), ours, reference, comparisons, card
+        )
         path = self.storage.output_path(work.study_uid, str(sr.SOPInstanceUID))
         write_durably(path, dataset_bytes(sr))
         self._record(ref_id, work, sr, path, comparisons)

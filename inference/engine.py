@@ -61,6 +61,8 @@ class Engine:
         self.runtime_info: dict[str, Any] = {"runtime": "torch", "requested": runtime}
         if runtime == "onnx":
             self._onnx, self.runtime_info = prepare_onnx(card, lambda: self.module)
+            if self._onnx is not None and module is None:
+                self._module = None  # exported and checked: the torch weights are not kept (reloaded if asked)
         if self._onnx is None and self._module is None:  # on torch: load now, not on the first image
             self._module = load_module(card)
 

@@ -166,10 +166,8 @@ def _compare(session: Any, module: torch.nn.Module, card: ModelCard, export_s: f
 class OnnxRunner:
     """An ONNX Runtime session for one model: ``runner(batch)`` -> logits (N, C, H, W) as numpy."""
 
-    def __init__(self, session: Any, path: Path | None, check: OnnxCheck) -> None:
+    def __init__(self, session: Any) -> None:
         self.session = session
-        self.path = path
-        self.check = check
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"image": batch})[0]
@@ -193,7 +191,7 @@ def prepare_onnx(card: ModelCard, module: Callable[[], torch.nn.Module]) -> tupl
             info["check"] = check.to_json()
             if not check.passed:
                 raise RuntimeError(f"recorded numerical check failed ({check_path})")
-            runner = OnnxRunner(ort_session(str(path)), path, check)
+            runner = OnnxRunner(ort_session(str(path)))
             info.update({"runtime": "onnx", "cache_hit": True})
             return runner, info
         torch_module = module()
@@ -202,7 +200,6 @@ def prepare_onnx(card: ModelCard, module: Callable[[], torch.nn.Module]) -> tupl
         session = ort_session(model)
         check = _compare(session, torch_module, card, time.perf_counter() - t0)
         info["check"] = check.to_json()
-        cached: Path | None = path
         try:
             directory.mkdir(parents=True, exist_ok=True)
             for target, data in ((path, model), (check_path, (json.dumps(check.to_json(), indent=2) + "\n").encode())):
@@ -211,14 +208,14 @@ def prepare_onnx(card: ModelCard, module: Callable[[], torch.nn.Module]) -> tupl
                 tmp.replace(target)
         except OSError as exc:  # a read-only cache costs a re-export next time, nothing else
             log.warning("model %s: cannot cache the ONNX export in %s: %s", card.name, directory, exc)
-            info["onnx_path"] = cached = None
+            info["onnx_path"] = None
         if not check.passed:
             raise RuntimeError(
                 f"numerical check failed: max |dlogit| {check.max_abs_logit_diff:.3g}, "
                 f"argmax agreement {check.argmax_agreement:.5f}"
             )
         info["runtime"] = "onnx"
-        return OnnxRunner(session, cached, check), info
+        return OnnxRunner(session), info
     except Exception as exc:  # any failure of the fast path leaves the model on torch, said loudly
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("model %s: ONNX Runtime not used, falling back to torch (%s)", card.name, reason)

@@ -21,6 +21,7 @@ from pydicom.sr.coding import Code
 from dicom_node import uids
 from dicom_node.seg_compare import SegmentComparison
 from dicom_node.writers.outputs import MANUFACTURER, description, disclaimer, software_version
+from dicom_node.writers.source import writable_source
 from dicom_node.writers.sr import PRIVATE_SCHEME, UNIT_PIXELS, UNIT_RATIO, comprehensive_sr, segment_group
 from inference.model_card import ModelCard
 
@@ -69,6 +70,7 @@ def build_evaluation_report(
     card: ModelCard,
 ) -> hd.sr.Comprehensive3DSR:
     """The evaluation SR of our ``seg`` (made by ``card``'s model on ``source``) against ``reference``."""
+    source = writable_source(source)  # the header gaps real sources have, completed as for our other outputs
 
     def uid(kind: str) -> str:
         return uids.evaluation_uid(

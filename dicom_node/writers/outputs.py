@@ -7,6 +7,7 @@ model and weights always give the same series and instance UIDs; other weights g
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -46,6 +47,7 @@ class Outputs:
         return [self.seg, self.sr, self.sc]
 
 
+@functools.cache  # a package metadata lookup: once per process, not per job
 def software_version() -> str:
     """The installed SpineNode version (``"unknown"`` when run from an uninstalled tree)."""
     try:

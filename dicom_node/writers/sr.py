@@ -36,7 +36,7 @@ from pydicom.sr.coding import Code
 from dicom_node.uids import device_uid, tracking_uid
 from dicom_node.writers.seg import SEGMENT_CATEGORY, SEGMENTS, SegmentSpec
 from inference.model_card import ModelCard
-from inference.prediction import ClassStats, Prediction
+from inference.prediction import SPINE, ClassStats, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +68,8 @@ def coding_scheme() -> CodingSchemeIdentificationItem:
 
 
 def segment_stats(spec: SegmentSpec, prediction: Prediction) -> ClassStats:
-    """Figures of one segment: a class's own figures, or the sum over the classes a segment unites.
-
-    For a union, pixels, area and coverage add up and the mean probability is the pixel-weighted mean.
-    Flip agreement is not additive, so a union has none unless the prediction carries figures under the
-    segment's label.
-    """
-    if spec.label in prediction.classes:
-        return prediction.classes[spec.label]
-    parts = [prediction.classes[c.name] for c in spec.classes]
-    if len(parts) == 1:
-        return parts[0]
-    pixels = sum(p.pixels for p in parts)
-    weighted = [(p.mean_confidence, p.pixels) for p in parts if p.mean_confidence is not None and p.pixels]
-    mean = sum(m * n for m, n in weighted) / sum(n for _, n in weighted) if weighted else None
-    return ClassStats(
-        pixels=pixels,
-        coverage_percent=sum(p.coverage_percent for p in parts),
-        area=sum(p.area for p in parts),
-        area_unit=parts[0].area_unit,
-        mean_confidence=mean,
-    )
+    """Figures of one segment as ``class_stats`` made them: the "Spine" union's (V or T1), or its one class's."""
+    return prediction.classes[SPINE if len(spec.classes) > 1 else spec.classes[0].name]
 
 
 def measurements(stats: ClassStats) -> list[hd.sr.Measurement]:

@@ -57,7 +57,7 @@ def make_card(weights: str = WEIGHTS, demo: bool = True) -> ModelCard:
 
 def fake_prediction(p: Phantom, card: ModelCard, spacing: tuple[float, float] | None) -> Prediction:
     """A prediction equal to the true mask, with the mirrored mask standing in for the flipped run."""
-    confidence = np.ones(p.mask.shape, np.float32)
+    confidence = np.where(p.mask == 2, 0.9, np.where(p.mask == 1, 0.7, 0.6)).astype(np.float32)  # per class
     stats = class_stats(p.mask, confidence, spacing, np.ascontiguousarray(p.mask[:, ::-1]))
     return Prediction(p.mask, confidence, stats, card.name, card.version, card.demo, 0.0)
 
@@ -237,7 +237,10 @@ def test_sr_measurement_groups(written: Written, phantom: Phantom) -> None:
         assert area.value == pytest.approx(counts[group.tracking_identifier] * pixel_area, rel=1e-9)
         probability = measurements["Probability"]
         assert probability.name.value == PROBABILITY_CODE and probability.derivation.value == MEAN_CODE
-        assert probability.value == pytest.approx(1.0)
+        stats = written.prediction.classes[{"Spine": "Spine", "T1 vertebra": "T1"}[group.tracking_identifier]]
+        assert probability.value == pytest.approx(stats.mean_confidence)
+        assert measurements[FLIP_DICE.meaning].value == pytest.approx(stats.flip_dice)
+        assert measurements[FLIP_JACCARD.meaning].value == pytest.approx(stats.flip_jaccard)
         coverage = measurements["Percentage of image pixels in segment"]
         assert coverage.name.scheme_designator == PRIVATE_SCHEME and coverage.unit.value == "%"
         assert coverage.value == pytest.approx(100 * counts[group.tracking_identifier] / phantom.mask.size)

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
+from dicom_node.seg_compare import compare
 from dicom_node.writers import build_outputs
+from dicom_node.writers.evaluation_sr import build_evaluation_report
 from dicom_node.writers.overlay import UNPAIRED_BODY_PARTS
 from dicom_node.writers.source import TYPE2_PATIENT_STUDY, writable_source
 from inference.phantom import make_phantom
@@ -63,7 +65,11 @@ def test_outputs_of_a_gappy_source_pass_dciodvfy(
     outputs = build_outputs(source, fake_prediction(phantom, card, None), card, display_image=phantom.display_image())
     assert (body_part in UNPAIRED_BODY_PARTS) == (sc_laterality is None)
     assert outputs.sc.get("Laterality") == sc_laterality
-    for name, ds in (("seg", outputs.seg), ("sr", outputs.sr), ("sc", outputs.sc)):
+    # the evaluation SR of the same source (our SEG compared with itself as the reference)
+    comparisons = compare(outputs.seg, outputs.seg, str(source.SOPInstanceUID))
+    evaluation = build_evaluation_report(source, outputs.seg, outputs.seg, comparisons, card)
+    assert evaluation.PatientID == "" and evaluation.StudyDate == ""  # completed, not copied as missing
+    for name, ds in (("seg", outputs.seg), ("sr", outputs.sr), ("sc", outputs.sc), ("eval_sr", evaluation)):
         path = tmp_path / f"{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], name

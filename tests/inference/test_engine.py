@@ -95,6 +95,7 @@ def test_labels_at_native_resizes_probabilities_then_argmax() -> None:
     probs[0, 1:3, :] = 0.1
     labels, conf = labels_at_native(probs, (8, 4))
     assert labels.shape == (8, 4) and set(np.unique(labels)) == {0, 1}
+    assert (labels[2:6] == 1).all() and (labels[[0, 7]] == 0).all()  # where the class is, scaled by 2
     assert conf.max() <= 1.0
 
 
@@ -202,3 +203,9 @@ def test_calibration_offsets_never_lower_the_calibration_score(models_root: Path
     result = calibrate(engine, n=2, seed=600000)
     assert len(result.offsets) == 3 and result.offsets[0] == 0.0
     assert result.after["V"] + result.after["T1"] >= result.before["V"] + result.before["T1"]
+    # the offsets it chose give the score it reported: an engine carrying them starts from that score
+    import dataclasses
+
+    shifted = Engine(dataclasses.replace(engine.card, logit_offsets=list(result.offsets)))
+    again = calibrate(shifted, n=2, seed=600000)
+    assert again.before == pytest.approx(result.after, abs=1e-3)

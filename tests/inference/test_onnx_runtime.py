@@ -12,7 +12,7 @@ from pydicom import dcmread
 from inference import onnx_runtime
 from inference.engine import Engine
 from inference.model_card import ModelCard, find_card
-from inference.preprocess import from_dataset
+from inference.preprocess import PreparedImage, from_dataset
 from tests.conftest import make_tiny_model
 
 
@@ -50,10 +50,16 @@ def test_second_load_reuses_the_cached_export(busy_card: ModelCard, monkeypatch:
     def no_export(*_: object) -> bytes:
         raise AssertionError("re-exported despite a cached export")
 
+    def no_torch_model(*_: object) -> object:
+        raise AssertionError("the torch model was loaded despite a cached export")
+
     monkeypatch.setattr(onnx_runtime, "export_onnx", no_export)
+    monkeypatch.setattr("inference.engine.load_module", no_torch_model)  # served without PyTorch
     again = Engine(busy_card, runtime="onnx")
     assert again.runtime == "onnx" and again.runtime_info["cache_hit"] is True
+    assert again.predict(PreparedImage(np.random.default_rng(0).random((64, 32), dtype=np.float32))).labels.shape
     assert path.stat().st_mtime_ns == mtime
+    assert first._module is None  # a fresh export does not keep the torch weights either
 
 
 def test_export_failure_falls_back_to_torch(
