@@ -91,8 +91,9 @@ def make_phantoms(out: Path, n: int, first_seed: int, height: int = 400) -> list
 class Destination:
     """dcmtk ``storescp`` keeping every object received under a unique name."""
 
-    def __init__(self, folder: Path, port: int | None = None, ae_title: str = DEST_AE) -> None:
+    def __init__(self, folder: Path, port: int | None = None, ae_title: str = DEST_AE, fork: bool = False) -> None:
         self.folder, self.ae_title, self.port = folder, ae_title, port or free_port()
+        self.fork = fork  # a process per association, as a PACS accepts them concurrently (several senders)
         self.proc: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -101,7 +102,9 @@ class Destination:
         return f"{self.ae_title}@127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = ["storescp", "--aetitle", self.ae_title, "-od", str(self.folder), "+uf", "--accept-all", str(self.port)]
+        fork = ["--fork"] if self.fork else []
+        cmd = ["storescp", *fork, "--aetitle", self.ae_title, "-od", str(self.folder), "+uf", "--accept-all"]
+        cmd.append(str(self.port))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=TOOL_ENV)
         wait_port(self.port, 20, self.proc)
 
@@ -139,6 +142,29 @@ def _referenced_uids(ds: Any) -> set[str]:
 
     walk(ds)
     return refs
+
+
+def spawn_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``spinenode ARGS`` (``python -m dicom_node.cli``) in its own process, appending to ``log``."""
+    with open(log, "ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT,
+            env={**os.environ, "TCP_NODELAY": "1"},  # the environment now (TOOL_ENV is the one at import)
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM (if still running), wait ``timeout`` s, else SIGKILL. Returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
 
 
 class NodeProcess:
@@ -346,15 +372,24 @@ def _uids(files: list[Path]) -> dict[Path, str]:
     return {f: str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
 
 
-def scenario_load(work: Path, model: str, senders: int, images: int, height: int, timeout: float) -> dict:
-    """``senders`` concurrent associations of ``images`` each."""
-    files = make_phantoms(work / "in", senders * images, 810000, height)
+def _setup(
+    work: Path, model: str, images: int, first_seed: int, height: int, start_destination: bool = True
+) -> tuple[list[Path], dict[Path, str], Destination, NodeProcess, Tally]:
+    """A scenario's phantoms (and their UIDs), its destination (started unless told), a started node
+    sending to it and an empty tally."""
+    files = make_phantoms(work / "in", images, first_seed, height)
     uids = _uids(files)
     dest = Destination(work / "dest")
-    dest.start()
+    if start_destination:
+        dest.start()
     node = NodeProcess(work, model, dest.spec)
     node.start()
-    tally = Tally()
+    return files, uids, dest, node, Tally()
+
+
+def scenario_load(work: Path, model: str, senders: int, images: int, height: int, timeout: float) -> dict:
+    """``senders`` concurrent associations of ``images`` each."""
+    files, uids, dest, node, tally = _setup(work, model, senders * images, 810000, height)
     try:
         t0 = time.monotonic()
         send_concurrently(node.port, [files[i::senders] for i in range(senders)], tally, uids)
@@ -369,12 +404,8 @@ def scenario_load(work: Path, model: str, senders: int, images: int, height: int
 
 def scenario_outage(work: Path, model: str, images: int, height: int, timeout: float, down_s: float) -> dict:
     """The destination is down while the results are made, and comes back ``down_s`` later."""
-    files = make_phantoms(work / "in", images, 820000, height)
-    uids = _uids(files)
-    dest = Destination(work / "dest")  # not started yet: connection refused
-    node = NodeProcess(work, model, dest.spec)
-    node.start()
-    tally = Tally()
+    # the destination is not started yet: connection refused
+    files, uids, dest, node, tally = _setup(work, model, images, 820000, height, start_destination=False)
     try:
         t0 = time.monotonic()
         tally.add(send(node.port, files), uids)
@@ -394,13 +425,7 @@ def scenario_outage(work: Path, model: str, images: int, height: int, timeout: f
 
 def scenario_crash(work: Path, model: str, images: int, height: int, timeout: float) -> dict:
     """SIGKILL the node while it works through an acknowledged batch; restart it; everything arrives."""
-    files = make_phantoms(work / "in", images, 830000, height)
-    uids = _uids(files)
-    dest = Destination(work / "dest")
-    dest.start()
-    node = NodeProcess(work, model, dest.spec)
-    node.start()
-    tally = Tally()
+    files, uids, dest, node, tally = _setup(work, model, images, 830000, height)
     try:
         t0 = time.monotonic()
         tally.add(send(node.port, files), uids)

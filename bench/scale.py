@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,42 +32,20 @@ sys.path.insert(0, str(PROJECT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from bench.reliability import TOOL_ENV, Destination, free_port, make_phantoms, send, wait_port  # noqa: E402
-
-
-class ForkingDestination(Destination):
-    """storescp accepting concurrent associations, as a PACS does (every worker process sends)."""
-
-    def start(self) -> None:
-        cmd = ["storescp", "--fork", "--aetitle", self.ae_title, "-od", str(self.folder), "+uf", "--accept-all"]
-        self.proc = subprocess.Popen([*cmd, str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, 20, self.proc)
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT,
-            env={**os.environ, **TOOL_ENV},
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+from bench.reliability import (  # noqa: E402
+    Destination,
+    free_port,
+    make_phantoms,
+    send,
+    spawn_cli,
+    stop_process,
+    wait_port,
+)
 
 
 def run_round(work: Path, url: str, model: str, workers: int, files: list[Path], timeout: float) -> dict[str, Any]:
     work.mkdir(parents=True)
-    dest = ForkingDestination(work / "received")
+    dest = Destination(work / "received", fork=True)
     dest.start()
     port = free_port()
     config = work / "node.toml"
@@ -80,8 +56,8 @@ def run_round(work: Path, url: str, model: str, workers: int, files: list[Path],
         f'[database]\nurl = "{url}"\n'
     )
     engine = create_engine(url)
-    procs = [_spawn(["serve", "--config", str(config), "--workers", "0"], work / "receiver.log")]
-    procs += [_spawn(["worker", "--config", str(config)], work / f"worker{i}.log") for i in range(workers)]
+    procs = [spawn_cli(["serve", "--config", str(config), "--workers", "0"], work / "receiver.log")]
+    procs += [spawn_cli(["worker", "--config", str(config)], work / f"worker{i}.log") for i in range(workers)]
 
     def scalar(sql: str) -> Any:
         with engine.connect() as conn:
@@ -132,7 +108,7 @@ def run_round(work: Path, url: str, model: str, workers: int, files: list[Path],
         }
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
         dest.stop()
         engine.dispose()
 

@@ -13,9 +13,6 @@ from pathlib import Path
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 
-DB_URL_ENV = "SPINENODE_DB_URL"
-DB_FILE = "spinenode.db"
-
 
 class DatabaseURLError(ValueError):
     """A database URL the node cannot use."""
@@ -23,11 +20,6 @@ class DatabaseURLError(ValueError):
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
-
-
-def default_url(data_dir: Path) -> str:
-    """The embedded default: a SQLite file in the data directory."""
-    return sqlite_url(data_dir / DB_FILE)
 
 
 def normalized(url: str) -> str:
@@ -54,10 +46,6 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
 
 
-def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
 def redacted(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -71,10 +59,7 @@ def server_engine(url: str) -> Engine:
 
 
 __all__ = [
-    "DB_URL_ENV",
     "DatabaseURLError",
-    "default_url",
-    "is_sqlite",
     "normalized",
     "redacted",
     "server_engine",

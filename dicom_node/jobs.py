@@ -40,9 +40,10 @@ class JobQueue:
         job (another process's, on this host or another). Returns how many."""
         return reclaim_at_start(self.db, self.identity)
 
-    def claim(self) -> int | None:
-        """Take the oldest queued job: mark it running under this worker's lease and return its id (None
-        when the queue is empty). Rows other workers are claiming are skipped, not waited for."""
+    def claim(self) -> tuple[int, int] | None:
+        """Take the oldest queued job: mark it running under this worker's lease and return its id and
+        attempt number - the fencing token to hand to ``finish`` and ``Processor.run`` - or None when the
+        queue is empty. Rows other workers are claiming are skipped, not waited for."""
         me = self.identity
         with self.db.session() as s:
             job = s.scalar(
@@ -61,7 +62,7 @@ class JobQueue:
             job.lease_expires_at = lease_until(self.lease_s)
             attempt = f"attempt {job.attempts}"
             s.add(JobTransition(job_id=job.id, state=JobState.RUNNING, worker=str(me), detail=attempt))
-            return job.id
+            return job.id, job.attempts
 
     def holds(self, job: JobRecord, attempt: int | None = None) -> bool:
         """Whether ``job`` (read with a row lock) is still running under this worker's
@@ -73,13 +74,14 @@ class JobQueue:
             and (attempt is None or job.attempts == attempt)
         )
 
-    def finish(self, job_id: int, state: JobState, detail: str | None = None, **fields: Any) -> bool:
-        """Record the end of a job this worker holds. Returns False (and changes nothing) when the job
-        is no longer this worker's (its lease expired and another worker took it)."""
+    def finish(self, job_id: int, attempt: int, state: JobState, detail: str | None = None, **fields: Any) -> bool:
+        """Record the end of the job this worker claimed as ``attempt``. Returns False (and changes
+        nothing) when it is no longer that claim (its lease expired and another worker - or another
+        thread of this process, which shares the identity - took it)."""
         with self.db.session() as s:
             job = s.get(JobRecord, job_id, with_for_update=True)
             assert job is not None
-            if job.worker_host is not None and not self.holds(job):
+            if not self.holds(job, attempt):
                 return False
             job.state = state
             job.finished_at = utcnow()

@@ -21,13 +21,23 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from dicom_node.audit import AuditDB, DeliveryRecord, EventRecord, JobRecord, JobState, JobTransition, utcnow
+from dicom_node.audit import (
+    AuditDB,
+    DeliveryRecord,
+    DeliveryState,
+    EventRecord,
+    JobRecord,
+    JobState,
+    JobTransition,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _gone(pid: int, me: WorkerIdentity) -> bool:
+    """Whether a process of this host with ``pid`` left its leases: it no longer exists, or it is this
+    process (a container restarted under the same pid) - at start-up this process holds nothing yet."""
+    return pid == me.pid or not pid_alive(pid)
+
+
+def _left_by_gone_process(owner: str, me: WorkerIdentity) -> bool:
+    """Whether the lease owner ``host:pid`` is a gone process of this host (see ``_gone``)."""
+    host, _, pid = owner.rpartition(":")
+    return host == me.host and pid.isdigit() and _gone(int(pid), me)
+
+
 def renew(db: AuditDB, me: WorkerIdentity, lease_s: float) -> int:
     """Extend the leases of the jobs and deliveries ``me`` holds. Returns how many rows."""
     until = lease_until(lease_s)
@@ -72,7 +94,9 @@ def renew(db: AuditDB, me: WorkerIdentity, lease_s: float) -> int:
             .values(lease_expires_at=until)
         ).rowcount
         deliveries = s.execute(
-            update(DeliveryRecord).where(DeliveryRecord.lease_owner == str(me)).values(lease_expires_at=until)
+            update(DeliveryRecord)
+            .where(DeliveryRecord.state == DeliveryState.PENDING, DeliveryRecord.lease_owner == str(me))
+            .values(lease_expires_at=until)
         ).rowcount
     return int(jobs or 0) + int(deliveries or 0)
 
@@ -102,6 +126,7 @@ def reclaim_expired(db: AuditDB, me: WorkerIdentity, now: datetime | None = None
         _requeue(s, expired, me, "lease expired")
         s.execute(
             update(DeliveryRecord)
+            .where(DeliveryRecord.state == DeliveryState.PENDING)
             .where(DeliveryRecord.lease_owner.is_not(None), DeliveryRecord.lease_expires_at < now)
             .values(lease_owner=None, lease_expires_at=None)
         )
@@ -129,23 +154,17 @@ def reclaim_at_start(db: AuditDB, me: WorkerIdentity) -> int:
             )
         )
         dead = [
-            j
-            for j in candidates
-            if j.state == JobState.RECEIVED
-            or j.worker_pid is None
-            or j.worker_pid == me.pid
-            or not pid_alive(j.worker_pid)
+            j for j in candidates if j.state == JobState.RECEIVED or j.worker_pid is None or _gone(j.worker_pid, me)
         ]
         _requeue(s, dead, me, "recovered at start-up")
-        owners = {f"{j.worker_host}:{j.worker_pid}" for j in dead if j.worker_host}
-        for owner in set(s.scalars(select(DeliveryRecord.lease_owner).where(DeliveryRecord.lease_owner.is_not(None)))):
-            host, _, pid = owner.rpartition(":")
-            if host == me.host and pid.isdigit() and (int(pid) == me.pid or not pid_alive(int(pid))):
-                owners.add(owner)
+        held = select(DeliveryRecord.lease_owner).where(
+            DeliveryRecord.state == DeliveryState.PENDING, DeliveryRecord.lease_owner.is_not(None)
+        )
+        owners = {owner for owner in set(s.scalars(held)) if _left_by_gone_process(owner, me)}
         if owners:
             s.execute(
                 update(DeliveryRecord)
-                .where(DeliveryRecord.lease_owner.in_(owners))
+                .where(DeliveryRecord.state == DeliveryState.PENDING, DeliveryRecord.lease_owner.in_(owners))
                 .values(lease_owner=None, lease_expires_at=None)
             )
     return len(dead) + reclaim_expired(db, me)
@@ -154,7 +173,9 @@ def reclaim_at_start(db: AuditDB, me: WorkerIdentity) -> int:
 class LeaseKeeper:
     """A thread renewing this process's leases and reclaiming expired ones, every third of the lease."""
 
-    def __init__(self, db: AuditDB, me: WorkerIdentity, lease_s: float, on_reclaim: object = None) -> None:
+    def __init__(
+        self, db: AuditDB, me: WorkerIdentity, lease_s: float, on_reclaim: Callable[[], None] | None = None
+    ) -> None:
         self.db, self.me, self.lease_s = db, me, lease_s
         self.on_reclaim = on_reclaim  # called (no arguments) when jobs were queued again
         self._stop = threading.Event()
@@ -177,7 +198,7 @@ class LeaseKeeper:
         """One renewal and one reclaim pass. Returns how many jobs were queued again."""
         renew(self.db, self.me, self.lease_s)
         n = reclaim_expired(self.db, self.me)
-        if n and callable(self.on_reclaim):
+        if n and self.on_reclaim is not None:
             self.on_reclaim()
         return n
 

@@ -39,6 +39,37 @@ from inference.registry import ModelRegistry
 log = logging.getLogger(__name__)
 
 
+def model_names(config: NodeConfig, models: ModelRegistry) -> list[str]:
+    """The models the node's jobs use (the default and every route's), each checked to exist: an unknown
+    model stops the start (KeyError)."""
+    names = list(dict.fromkeys([config.model, *(route.model for route in config.routes)]))
+    for name in names:
+        find_card(name, models.root)
+    return names
+
+
+def warm_up(models: ModelRegistry, names: list[str]) -> None:
+    """Load and warm up ``names`` (the first job pays no set-up), then the output writers."""
+    for name in names:
+        try:
+            engine = models.get(name)
+            engine.probabilities(np.zeros((2, 3, *engine.card.input_size), np.float32))  # the node's batch
+        except Exception:  # recorded by the registry (health: degraded); jobs for it fail with the reason
+            log.exception("model %s could not be loaded", name)
+    try:  # the writers' first call costs seconds (highdicom's lazy set-up): pay it here, not on a patient
+        from dicom_node.writers.outputs import build_outputs
+        from inference.phantom import make_phantom
+        from inference.phantom_dicom import phantom_to_dataset
+        from inference.preprocess import from_dataset
+
+        ds = phantom_to_dataset(make_phantom(0, height=256))
+        engine = models.get(names[0])
+        prepared = from_dataset(ds)
+        build_outputs(ds, engine.predict(prepared, (0.2, 0.2)), engine.card, display_image=prepared.image)
+    except Exception:  # a warm-up only: the first job pays the set-up instead
+        log.warning("warming up the writers failed", exc_info=True)
+
+
 @dataclass
 class Node:
     config: NodeConfig
@@ -58,7 +89,7 @@ class Node:
     @classmethod
     def compose(cls, config: NodeConfig, models: ModelRegistry | None = None) -> Node:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = AuditDB(config.db_url or config.db_path)  # SQLite file by default, or a server URL
+        db = AuditDB(config.database_url)  # a SQLite file by default, or a server URL
         storage = Storage(config.data_dir)
         identity = WorkerIdentity.current()
         queue = JobQueue(db, identity, config.lease_s)
@@ -71,9 +102,7 @@ class Node:
         workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify, evaluator=evaluator)
         receiver = Receiver(config, db, storage, on_job=queue.notify, on_reference=queue.notify, decoded=decoded)
         leases = LeaseKeeper(db, identity, config.lease_s, on_reclaim=queue.notify)
-        node = cls(config, db, storage, queue, models, processor, evaluator, workers, sender, receiver)
-        node.leases = leases
-        return node
+        return cls(config, db, storage, queue, models, processor, evaluator, workers, sender, receiver, leases=leases)
 
     def start(self, preload: bool = True) -> int:
         recovered = self.queue.recover()
@@ -82,12 +111,10 @@ class Node:
         if self.db.is_sqlite and self.evaluator.recover():  # one process per SQLite file (see README)
             log.info("reference comparisons left unfinished by an earlier run are due again")
         if preload and self.config.workers:
-            names = list(dict.fromkeys([self.config.model, *(route.model for route in self.config.routes)]))
-            for name in names:
-                find_card(name, self.models.root)  # an unknown model stops the start (KeyError) ...
+            names = model_names(self.config, self.models)  # an unknown model stops the start (KeyError) ...
             # ... loading and warming up take seconds: done in the background while associations are
             # accepted and stored; a worker's job waits for its model (the registry loads each once)
-            self.warmup = threading.Thread(target=self._warm_up, args=(names,), name="model-warmup", daemon=True)
+            self.warmup = threading.Thread(target=warm_up, args=(self.models, names), name="model-warmup", daemon=True)
             self.warmup.start()
         self.db.record_event("start", f"AE {self.config.ae_title}, model {self.config.model}")
         self.workers.start()
@@ -96,26 +123,6 @@ class Node:
             self.leases.start()
         self.port = self.receiver.start()
         return self.port
-
-    def _warm_up(self, names: list[str]) -> None:
-        for name in names:
-            try:
-                engine = self.models.get(name)
-                engine.probabilities(np.zeros((2, 3, *engine.card.input_size), np.float32))  # the node's batch
-            except Exception:  # recorded by the registry (health: degraded); jobs for it fail with the reason
-                log.exception("model %s could not be loaded", name)
-        try:  # the writers' first call costs seconds (highdicom's lazy set-up): pay it here, not on a patient
-            from dicom_node.writers.outputs import build_outputs
-            from inference.phantom import make_phantom
-            from inference.phantom_dicom import phantom_to_dataset
-            from inference.preprocess import from_dataset
-
-            ds = phantom_to_dataset(make_phantom(0, height=256))
-            engine = self.models.get(names[0])
-            prepared = from_dataset(ds)
-            build_outputs(ds, engine.predict(prepared, (0.2, 0.2)), engine.card, display_image=prepared.image)
-        except Exception:  # a warm-up only: the first job pays the set-up instead
-            log.warning("warming up the writers failed", exc_info=True)
 
     def stop(self) -> None:
         log.info("stopping: no new instances, finishing jobs in hand")

@@ -103,14 +103,14 @@ class Processor:
         timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()} | built.timings_ms
         return JobResult(prediction, outputs, timings_ms, engine.card.weights_sha256)
 
-    def run(self, job_id: int, holder: JobQueue | None = None) -> None:
-        """Run one job. With ``holder`` (the queue that claimed it), the result is committed only while
-        the job is still that worker's claim (``LeaseLost`` otherwise)."""
+    def run(self, job_id: int, holder: JobQueue | None = None, attempt: int | None = None) -> None:
+        """Run one job. With ``holder`` (the queue that claimed it) and ``attempt`` (the claim's attempt
+        number, from ``JobQueue.claim``), the result is committed only while the job is still
+        that claim (``LeaseLost`` otherwise)."""
         start = time.perf_counter()
         with self.db.session() as s:
             job = s.get(JobRecord, job_id)
             assert job is not None
-            attempt = job.attempts
             path, model, destinations = job.instance.path, job.model, list(job.destinations)
             study_uid, source_uid = job.instance.study_instance_uid, job.instance.sop_instance_uid
         t_read = time.perf_counter()
@@ -130,7 +130,7 @@ class Processor:
         with self.db.session() as s:
             job = s.get(JobRecord, job_id, with_for_update=True)  # the row lock fences a reclaim
             assert job is not None
-            if holder is not None and job.worker_host is not None and not holder.holds(job, attempt):
+            if holder is not None and not holder.holds(job, attempt):
                 now = f"{job.state.value}, attempt {job.attempts}"
                 raise LeaseLost(f"job {job_id} is no longer this worker's (now {now}); result not recorded")
             mine = OutputRecord.kind.in_(list(result.outputs))  # not the evaluation SRs of the job
@@ -161,7 +161,7 @@ class Processor:
             job.finished_at = utcnow()
             job.error = None
             job.lease_expires_at = None
-            worker = f"{job.worker_host}:{job.worker_pid}" if job.worker_host else None
+            worker = str(holder.identity) if holder is not None else None
             s.add(JobTransition(job_id=job_id, state=JobState.DONE, worker=worker))
             due = mark_due(s, source_uid)
         log.info(
@@ -207,21 +207,22 @@ class WorkerPool:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job_id = self.queue.claim()
-            if job_id is None:
+            claimed = self.queue.claim()
+            if claimed is None:
                 if not self._evaluate_one():
                     self.queue.wait(IDLE_POLL_S)
                 continue
+            job_id, attempt = claimed
             self.busy += 1
             try:
-                self.processor.run(job_id, holder=self.queue)
+                self.processor.run(job_id, holder=self.queue, attempt=attempt)
             except LeaseLost as exc:  # another worker re-runs it: nothing of this run is recorded
                 log.warning("job %d: %s", job_id, exc)
                 self.processor.db.record_event("lease_lost", str(exc), job_id=job_id)
             except Exception as exc:  # any failure of one job is recorded; the worker carries on
                 reason = f"{type(exc).__name__}: {exc}"
                 log.exception("job %d failed", job_id)
-                if self.queue.finish(job_id, JobState.FAILED, reason, error=reason):
+                if self.queue.finish(job_id, attempt, JobState.FAILED, reason, error=reason):
                     self.processor.db.record_event("job_failed", reason, job_id=job_id)
             finally:
                 self.busy -= 1

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import selectinload
 
-from dicom_node.audit import AuditDB, EventRecord, JobRecord, OutputRecord
+from dicom_node.audit import AuditDB, DeliveryRecord, EventRecord, JobRecord, OutputRecord
+
+_Q = TypeVar("_Q", bound=Select[Any])
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """A stored (naive UTC) time as ISO 8601 with milliseconds and ``Z``; None stays None."""
     return value.isoformat(timespec="milliseconds") + "Z" if value else None
+
+
+def with_outputs(query: _Q, attempt_log: bool = False) -> _Q:
+    """``query`` of jobs, loading what ``job_view`` reads (and each delivery's attempts when asked)."""
+    deliveries = selectinload(JobRecord.outputs).selectinload(OutputRecord.deliveries)
+    if attempt_log:
+        deliveries = deliveries.selectinload(DeliveryRecord.attempt_log)
+    return query.options(selectinload(JobRecord.instance), selectinload(JobRecord.transitions), deliveries)
 
 
 def job_view(job: JobRecord) -> dict[str, Any]:
@@ -27,14 +38,14 @@ def job_view(job: JobRecord) -> dict[str, Any]:
         "attempts": job.attempts,
         # the worker process that holds the job (running) or ran it: host + pid
         "worker": {"host": job.worker_host, "pid": job.worker_pid} if job.worker_host else None,
-        "lease_expires_at": _iso(job.lease_expires_at),
+        "lease_expires_at": iso(job.lease_expires_at),
         "inference_ms": job.inference_ms,
         "total_ms": job.total_ms,
         "error": job.error,
-        "received_at": _iso(job.created_at),
-        "finished_at": _iso(job.finished_at),
+        "received_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
         "transitions": [
-            {"state": t.state.value, "at": _iso(t.at), "detail": t.detail, "worker": t.worker} for t in job.transitions
+            {"state": t.state.value, "at": iso(t.at), "detail": t.detail, "worker": t.worker} for t in job.transitions
         ],
         "metrics": job.metrics,
         "outputs": [
@@ -49,7 +60,7 @@ def job_view(job: JobRecord) -> dict[str, Any]:
                         "attempts": d.attempts,
                         "last_status": d.last_status,
                         "last_error": d.last_error,
-                        "delivered_at": _iso(d.delivered_at),
+                        "delivered_at": iso(d.delivered_at),
                     }
                     for d in o.deliveries
                 ],
@@ -59,27 +70,25 @@ def job_view(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def audit_report(db: AuditDB, since: str | None = None, limit: int = 50) -> dict[str, Any]:
+def recent_jobs(db: AuditDB, limit: int = 50, since: datetime | None = None) -> list[dict[str, Any]]:
+    """The latest ``limit`` jobs (received at or after ``since``), newest first, as ``job_view``s."""
+    q = with_outputs(select(JobRecord)).order_by(JobRecord.id.desc()).limit(limit)
+    if since is not None:
+        q = q.where(JobRecord.created_at >= since)
     with db.session() as s:
-        q = (
-            select(JobRecord)
-            .options(
-                selectinload(JobRecord.instance),
-                selectinload(JobRecord.transitions),
-                selectinload(JobRecord.outputs).selectinload(OutputRecord.deliveries),
-            )
-            .order_by(JobRecord.id.desc())
-            .limit(limit)
-        )
-        eq = select(EventRecord).order_by(EventRecord.id.desc()).limit(limit)
-        if since:
-            when = datetime.fromisoformat(since.rstrip("Z"))
-            q = q.where(JobRecord.created_at >= when)
-            eq = eq.where(EventRecord.at >= when)
-        jobs = [job_view(j) for j in s.scalars(q)]
+        return [job_view(j) for j in s.scalars(q)]
+
+
+def audit_report(db: AuditDB, since: str | None = None, limit: int = 50) -> dict[str, Any]:
+    when = datetime.fromisoformat(since.rstrip("Z")) if since else None
+    jobs = recent_jobs(db, limit, when)
+    eq = select(EventRecord).order_by(EventRecord.id.desc()).limit(limit)
+    if when is not None:
+        eq = eq.where(EventRecord.at >= when)
+    with db.session() as s:
         events = [
             {
-                "at": _iso(e.at),
+                "at": iso(e.at),
                 "kind": e.kind,
                 "sop_instance_uid": e.sop_instance_uid,
                 "status": e.status,
@@ -100,7 +109,7 @@ def format_audit(report: dict[str, Any]) -> str:
         lines.append(
             f"{j['id']:>5} {j['state']:8} {j['model']:24} {ms:>7}  {kinds:11} {done}/{len(deliveries):<12} "
             f"{j['sop_instance_uid']}"
-            + (f"  worker {j['worker']['host']}:{j['worker']['pid']}" if j.get("worker") else "")
+            + (f"  worker {j['worker']['host']}:{j['worker']['pid']}" if j["worker"] else "")
             + (f"  error: {j['error']}" if j["error"] else "")
         )
     refused = [e for e in report["events"] if e["kind"] in ("refused", "job_failed")]

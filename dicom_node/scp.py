@@ -57,7 +57,7 @@ from dicom_node.instances import known_instance, new_instance
 from dicom_node.status import StoreStatus
 from dicom_node.storage import Storage, write_durably
 from dicom_node.writers.outputs import MANUFACTURER as OWN_MANUFACTURER
-from inference.preprocess import PreparedImage, UnusableImageError, from_dataset
+from inference.preprocess import PreparedImage, UnusableImageError, declared_size_problem, from_dataset
 
 log = logging.getLogger(__name__)
 
@@ -354,11 +354,9 @@ class Receiver:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if rows <= 0 or cols <= 0:
             raise Refusal(StoreStatus.CANNOT_UNDERSTAND, "Rows/Columns missing or zero")
-        if rows * cols * frames > self.config.max_pixels:
-            raise Refusal(
-                StoreStatus.CANNOT_UNDERSTAND,
-                f"image too large: {rows}x{cols}x{frames} exceeds {self.config.max_pixels} pixels",
-            )
+        too_large = declared_size_problem(rows, cols, frames, self.config.max_pixels)
+        if too_large is not None:
+            raise Refusal(StoreStatus.CANNOT_UNDERSTAND, too_large)
         if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
             _check_secondary_capture(ds)
         try:

@@ -1,7 +1,8 @@
 """``spinenode segment FILE --out DIR``: the seed app's upload flow on the command line.
 
 For a DICOM file: SEG, SR and overlay SC (as the node would send them), an overlay PNG, a mask PNG and a
-metrics JSON. For a PNG or JPEG: the overlay PNG, the mask PNG and the metrics JSON.
+metrics JSON. For a PNG or JPEG: the overlay PNG, the mask PNG and the metrics JSON. A file that is
+neither DICOM nor a PNG/JPEG image raises ``NotAnImageError`` (a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from dicom_node.decoding import DecodeError
 from dicom_node.processing import pixel_spacing_mm
 from dicom_node.storage import dataset_bytes, write_durably
 from dicom_node.writers.outputs import build_outputs
-from dicom_node.writers.overlay import display_rgb, render_overlay
+from dicom_node.writers.overlay import colour_labels, display_rgb, render_overlay
 from inference.prediction import Prediction
 from inference.preprocess import PreparedImage, UnusableImageError, from_dataset, from_image_file
 from inference.registry import ModelRegistry
 
 MASK_SCALE = 127  # mask PNG grey levels: V = 127, T1 = 254
+
+
+class NotAnImageError(ValueError):
+    """The file is neither DICOM nor a PNG/JPEG image."""
 
 
 def _read(path: Path, decode: Callable[[Dataset], np.ndarray] | None = None) -> tuple[PreparedImage, Any]:
@@ -42,7 +47,7 @@ def _read(path: Path, decode: Callable[[Dataset], np.ndarray] | None = None) -> 
         try:
             return from_image_file(path), None
         except ValueError:
-            raise ValueError(f"{path.name}: neither DICOM nor a PNG/JPEG image ({exc})") from None
+            raise NotAnImageError(f"{path.name}: neither DICOM nor a PNG/JPEG image ({exc})") from None
     try:
         pixels = decode(ds) if decode is not None and "PixelData" in ds else None
     except DecodeError as exc:
@@ -58,10 +63,12 @@ def segment_file(
     models: ModelRegistry | None = None,
     flip_agreement: bool = True,
     original_png: bool = False,
+    colour_mask_png: bool = False,
     decode: Callable[[Dataset], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Segment ``path`` into ``out_dir``. ``models``: a registry of loaded models to use (the running
     node's, for the web page); ``original_png``: also write the image as displayed (``-original.png``);
+    ``colour_mask_png``: also write the mask in the class colours (``-mask-colour.png``);
     ``decode``: how to decode DICOM pixel data (the node's time-limited decoder, for uploads)."""
     model = model or load_config().model
     prepared, ds = _read(path, decode)
@@ -77,6 +84,9 @@ def segment_file(
     rgb = render_overlay(prediction.labels, prediction, engine.card, display)
     written["overlay_png"] = _png(out_dir / f"{stem}-overlay.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     written["mask_png"] = _png(out_dir / f"{stem}-mask.png", (prediction.labels * MASK_SCALE).astype(np.uint8))
+    if colour_mask_png:
+        colours = cv2.cvtColor(colour_labels(prediction.labels), cv2.COLOR_RGB2BGR)
+        written["mask_colour_png"] = _png(out_dir / f"{stem}-mask-colour.png", colours)
     if ds is not None:
         outputs = build_outputs(ds, prediction, engine.card, display_image=prepared.image)
         for kind, obj in (("seg", outputs.seg), ("sr", outputs.sr), ("sc", outputs.sc)):

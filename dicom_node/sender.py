@@ -116,9 +116,13 @@ class Sender:
             results = [(None, f"{type(exc).__name__}: {exc}")] * len(items)
         elapsed = (time.perf_counter() - start) * 1000 / max(len(items), 1)
         with self.db.session() as s:
+            ids = [delivery_id for delivery_id, _ in items]
+            locked = s.scalars(
+                select(DeliveryRecord).where(DeliveryRecord.id.in_(ids)).order_by(DeliveryRecord.id).with_for_update()
+            )
+            rows = {d.id: d for d in locked}  # one statement locks the batch (in id order: no deadlock)
             for (delivery_id, _), (status, error) in zip(items, results, strict=True):
-                d = s.get(DeliveryRecord, delivery_id, with_for_update=True)
-                assert d is not None
+                d = rows[delivery_id]
                 s.add(DeliveryAttempt(delivery_id=d.id, status=status, error=error, duration_ms=round(elapsed, 1)))
                 if d.lease_owner not in (None, str(self.identity)) or d.state != DeliveryState.PENDING:
                     continue  # our lease expired and another sender has it: the attempt is logged, no more

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, cast
 
 from dicom_node.audit import AuditDB
 from dicom_node.config import NodeConfig
@@ -23,10 +22,10 @@ from dicom_node.database import redacted
 from dicom_node.evaluation import Evaluator
 from dicom_node.jobs import JobQueue
 from dicom_node.leases import LeaseKeeper, WorkerIdentity
+from dicom_node.node import model_names, warm_up
 from dicom_node.processing import Processor, WorkerPool
 from dicom_node.sender import Sender
 from dicom_node.storage import Storage
-from inference.model_card import find_card
 from inference.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class WorkerNode:
             raise ValueError("a worker needs at least one thread (--workers 1 or more)")
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = WorkerIdentity.current()
-        db = AuditDB(config.db_url or config.db_path)
+        db = AuditDB(config.database_url)
         storage = Storage(config.data_dir)
         queue = JobQueue(db, identity, config.lease_s)
         models = models or ModelRegistry()
@@ -66,10 +65,9 @@ class WorkerNode:
 
     @property
     def description(self) -> str:
-        url = self.config.db_url or f"sqlite:///{self.config.db_path}"
         return (
-            f"SpineNode worker {self.identity} on {redacted(url)}: {self.config.workers} thread(s), "
-            f"lease {self.config.lease_s:g} s"
+            f"SpineNode worker {self.identity} on {redacted(self.config.database_url)}: "
+            f"{self.config.workers} thread(s), lease {self.config.lease_s:g} s"
         )
 
     def start(self, preload: bool = True) -> None:
@@ -79,9 +77,7 @@ class WorkerNode:
         if recovered:
             log.info("re-queued %d job(s) left by a dead worker", recovered)
         if preload:
-            names = list(dict.fromkeys([self.config.model, *(route.model for route in self.config.routes)]))
-            for name in names:
-                find_card(name, self.models.root)  # an unknown model stops the start (KeyError)
+            names = model_names(self.config, self.models)  # an unknown model stops the start (KeyError)
             # no job is claimed before the models are loaded and warm: a worker that is not ready leaves
             # the queue to the others (and loading, GIL-heavy, would delay the lease heartbeats)
             self.warmup = threading.Thread(target=self._warm_up_then_work, args=(names,), name="model-warmup")
@@ -95,9 +91,7 @@ class WorkerNode:
             self.workers.start()
 
     def _warm_up_then_work(self, names: list[str]) -> None:
-        from dicom_node.node import Node
-
-        Node._warm_up(cast(Any, self), names)  # the node's warm-up (it only uses the model registry)
+        warm_up(self.models, names)
         log.info("worker %s ready: models %s loaded", self.identity, ", ".join(names))
         self.db.record_event("worker_ready", str(self.identity))
         self.workers.start()

@@ -143,6 +143,13 @@ def _checked(prepared: PreparedImage) -> PreparedImage:
     return prepared
 
 
+def declared_size_problem(rows: int, cols: int, frames: int, max_pixels: int) -> str | None:
+    """The refusal message when the declared size (rows x columns x frames) exceeds ``max_pixels``; else None."""
+    if rows * cols * frames > max_pixels:
+        return f"image too large: {rows}x{cols}x{frames} exceeds {max_pixels} pixels"
+    return None
+
+
 def to_model_input(image: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
     """Area-resize a [0,1] grey image to (H, W) and copy it to 3 channels: float32 (3, H, W)."""
     h, w = input_size

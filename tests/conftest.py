@@ -39,6 +39,22 @@ def require_tool(name: str) -> str:
     return path
 
 
+def npm_ci(folder: Path, timeout: float = 300) -> None:
+    """``npm ci`` into ``folder`` unless its node_modules already matches its package-lock.json."""
+    npm = require_tool("npm")
+    installed = folder / "node_modules" / ".package-lock.json"  # written by npm ci / npm install
+    if installed.is_file() and installed.stat().st_mtime >= (folder / "package-lock.json").stat().st_mtime:
+        return
+    proc = subprocess.run(
+        [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

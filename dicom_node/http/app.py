@@ -39,7 +39,7 @@ from starlette.types import Message, Receive
 from dicom_node.audit import OutputKind
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES, SegmentRequest, UploadError, result_path, segment_upload
 from dicom_node.http.views import Histogram, Thumbnails, job_detail, output_path, prometheus_text
-from dicom_node.report import audit_report
+from dicom_node.report import recent_jobs
 from inference.model_card import DEMO_DISCLAIMER, list_cards
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def build_app(node: Node, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
 
     @app.get("/api/jobs")
     def jobs(limit: int = Query(50, ge=1, le=JOBS_LIMIT_MAX)) -> dict[str, Any]:
-        return {"jobs": [_links(j) for j in audit_report(node.db, limit=limit)["jobs"]]}
+        return {"jobs": [_links(j) for j in recent_jobs(node.db, limit)]}
 
     @app.get("/api/jobs/{job_id}")
     def job(job_id: int) -> dict[str, Any]:

@@ -31,7 +31,6 @@ MAX_CONNECTIONS = 64  # beyond this uvicorn answers 503
 
 class HttpServer:
     def __init__(self, node: Node, host: str, port: int, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
-        self.node = node
         self.host = host
         self.port = port
         self.app = build_app(node, max_upload_bytes)

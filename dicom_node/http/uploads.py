@@ -21,21 +21,22 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.segment_file import MASK_SCALE, segment_file
+from dicom_node.segment_file import NotAnImageError, segment_file
 from dicom_node.storage import write_durably
-from dicom_node.writers.overlay import COLOUR_LUT
 from inference.model_card import DEMO_DISCLAIMER, find_card, list_cards
-from inference.preprocess import UnusableImageError
+from inference.preprocess import UnusableImageError, declared_size_problem
 from inference.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +98,22 @@ def check_size(path: Path, kind: str, max_pixels: int) -> tuple[int, int]:
         except Exception as exc:  # PIL raises many types for broken headers
             raise UploadError(400, f"unreadable {kind.upper()} image: {_plain(exc, path.parent)}") from None
         frames = 1
-    if rows * cols * frames > max_pixels:
-        raise UploadError(400, f"image too large: {rows}x{cols}x{frames} exceeds {max_pixels} pixels")
+    too_large = declared_size_problem(rows, cols, frames, max_pixels)
+    if too_large is not None:
+        raise UploadError(400, too_large)
     return rows, cols
 
 
-def check_model(name: str, models: ModelRegistry) -> None:
+def check_model(name: str, models: ModelRegistry) -> Engine:
+    """The loaded model ``name``: 404 for an unknown name (looked up first, so that it never counts as a
+    failed load in the node's health), 503 when it cannot be loaded."""
     try:
         find_card(name, models.root)
     except KeyError:
         known = ", ".join(c.name for c in list_cards(models.root)) or "none"
         raise UploadError(404, f"unknown model {name!r} (available: {known})") from None
     try:
-        models.get(name)  # loaded once, then kept warm (the node's own registry)
+        return models.get(name)  # loaded once, then kept warm (the node's own registry)
     except Exception as exc:
         log.exception("model %s could not be loaded", name)
         raise UploadError(503, f"model {name!r} could not be loaded: {type(exc).__name__}") from None
@@ -120,21 +124,44 @@ def _plain(exc: BaseException, folder: Path) -> str:
     return str(exc).replace(str(folder) + "/", "").replace(str(folder), "")
 
 
-def _colour_mask(mask_png: Path, out: Path) -> str:
-    labels = cv2.imread(str(mask_png), cv2.IMREAD_GRAYSCALE) // MASK_SCALE
-    colours = cv2.LUT(cv2.merge((labels, labels, labels)), COLOUR_LUT)  # RGB
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(colours, cv2.COLOR_RGB2BGR))
-    assert ok
-    write_durably(out, buf.tobytes())
-    return str(out)
-
-
 def _prune(root: Path, keep: int) -> None:
     results = sorted(
         (p for p in root.iterdir() if p.is_dir() and RESULT_ID.match(p.name)), key=lambda p: p.stat().st_mtime
     )
     for old in results[: max(0, len(results) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _segment(
+    path: Path,
+    folder: Path,
+    kind: str,
+    result_id: str,
+    model: str,
+    models: ModelRegistry,
+    flip_agreement: bool,
+    decode: Callable[[Dataset], np.ndarray] | None,
+) -> dict[str, Any]:
+    """``segment_file`` into the upload's folder, its failures as ``UploadError``."""
+    try:
+        return segment_file(
+            path,
+            folder,
+            model,
+            models=models,
+            flip_agreement=flip_agreement,
+            original_png=True,
+            colour_mask_png=True,
+            decode=decode,
+        )
+    except UnusableImageError as exc:
+        raise UploadError(400, f"unusable image: {_plain(exc, folder)}") from None
+    except NotAnImageError as exc:  # neither DICOM nor PNG/JPEG after all
+        raise UploadError(415, _plain(exc, folder)) from None
+    except Exception as exc:  # e.g. a DICOM image whose attributes the SEG/SR/SC cannot be built from
+        log.exception("upload %s (%s) could not be segmented", result_id, kind)
+        message = f"could not segment this {kind.upper()} file: {type(exc).__name__}: {_plain(exc, folder)}"
+        raise UploadError(422, message) from None
 
 
 def segment_upload(
@@ -148,38 +175,23 @@ def segment_upload(
     """Segment one upload; the JSON answer of ``POST /api/segment`` (file names, not URLs, under ``files``)."""
     start = time.perf_counter()
     kind = sniff(request.data)
-    check_model(request.model, models)
+    card = check_model(request.model, models).card
     root = data_dir / UPLOADS_DIR
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     result_id = uuid.uuid4().hex
     folder = root / result_id
     folder.mkdir(mode=0o700)
-    suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[kind]
-    path = folder / f"{INPUT_STEM}{suffix}"
-    write_durably(path, request.data)
-    try:
+    try:  # a refused or failed upload leaves nothing behind
+        suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[kind]
+        path = folder / f"{INPUT_STEM}{suffix}"
+        write_durably(path, request.data)
         rows, cols = check_size(path, kind, max_pixels)
-        summary = segment_file(
-            path, folder, request.model, models=models, flip_agreement=flip_agreement, original_png=True, decode=decode
-        )
-    except UploadError:
+        summary = _segment(path, folder, kind, result_id, request.model, models, flip_agreement, decode)
+        files = {key: Path(value).name for key, value in summary["files"].items()}
+        files["input"] = path.name
+    except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    except UnusableImageError as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise UploadError(400, f"unusable image: {_plain(exc, folder)}") from None
-    except ValueError as exc:  # segment_file: neither DICOM nor PNG/JPEG after all
-        shutil.rmtree(folder, ignore_errors=True)
-        raise UploadError(415, _plain(exc, folder)) from None
-    except Exception as exc:  # e.g. a DICOM image whose attributes the SEG/SR/SC cannot be built from
-        shutil.rmtree(folder, ignore_errors=True)
-        log.exception("upload %s (%s) could not be segmented", result_id, kind)
-        message = f"could not segment this {kind.upper()} file: {type(exc).__name__}: {_plain(exc, folder)}"
-        raise UploadError(422, message) from None
-    files = {key: Path(value).name for key, value in summary["files"].items()}
-    files["mask_colour_png"] = Path(_colour_mask(folder / files["mask_png"], folder / "input-mask-colour.png")).name
-    files["input"] = path.name
-    card = models.get(request.model).card
     total_ms = (time.perf_counter() - start) * 1000
     _prune(root, KEEP_UPLOADS)
     log.info("upload %s: %s %dx%d segmented by %s in %.0f ms", result_id, kind, rows, cols, card.name, total_ms)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import cv2
 import numpy as np
 from pydicom import dcmread
 from sqlalchemy import case, func, select
-from sqlalchemy.orm import selectinload
 
 from dicom_node.audit import (
     AuditDB,
@@ -29,7 +27,7 @@ from dicom_node.audit import (
     OutputKind,
     OutputRecord,
 )
-from dicom_node.report import job_view
+from dicom_node.report import iso, job_view, with_outputs
 from dicom_node.status import SUCCESS_STATUSES, WARNING_STATUSES
 
 THUMBNAIL_MAX_SIDE = 320  # pixels of the longer side of a job's overlay thumbnail
@@ -39,29 +37,17 @@ INFERENCE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELIVERED_STATUSES = tuple(int(s) for s in (*SUCCESS_STATUSES, *WARNING_STATUSES))
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="milliseconds") + "Z" if value else None
-
-
-def _with_outputs(query: Any) -> Any:
-    return query.options(
-        selectinload(JobRecord.instance),
-        selectinload(JobRecord.transitions),
-        selectinload(JobRecord.outputs).selectinload(OutputRecord.deliveries).selectinload(DeliveryRecord.attempt_log),
-    )
-
-
 def job_detail(db: AuditDB, job_id: int) -> dict[str, Any] | None:
     """``spinenode audit``'s view of one job, with every delivery attempt; None when there is no such job."""
     with db.session() as s:
-        job = s.scalar(_with_outputs(select(JobRecord).where(JobRecord.id == job_id)))
+        job = s.scalar(with_outputs(select(JobRecord).where(JobRecord.id == job_id), attempt_log=True))
         if job is None:
             return None
         view = job_view(job)
         for out_view, out in zip(view["outputs"], job.outputs, strict=True):
             for d_view, d in zip(out_view["deliveries"], out.deliveries, strict=True):
                 d_view["attempt_log"] = [
-                    {"at": _iso(a.at), "status": a.status, "error": a.error, "duration_ms": a.duration_ms}
+                    {"at": iso(a.at), "status": a.status, "error": a.error, "duration_ms": a.duration_ms}
                     for a in d.attempt_log
                 ]
     return view

@@ -84,9 +84,15 @@ def _colour_lut() -> np.ndarray:
 COLOUR_LUT = _colour_lut()
 
 
+def colour_labels(labels: np.ndarray) -> np.ndarray:
+    """Each pixel's class colour, as (rows, columns, 3) uint8 RGB (black for background)."""
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    return cv2.LUT(cv2.merge((labels, labels, labels)), COLOUR_LUT)
+
+
 def tint(rgb: np.ndarray, labels: np.ndarray, alpha: float = ALPHA) -> None:
     """Blend the class colours into ``rgb`` (in place) where ``labels`` has a foreground class."""
-    colours = cv2.LUT(cv2.merge((labels, labels, labels)), COLOUR_LUT)
+    colours = colour_labels(labels)
     blended = cv2.addWeighted(rgb, 1.0 - alpha, colours, alpha, 0.0)
     cv2.copyTo(blended, (labels != SpineClass.F).view(np.uint8), rgb)
 
@@ -265,4 +271,4 @@ def build_overlay(
     return sc
 
 
-__all__ = ["NOT_FOR_DIAGNOSIS", "build_overlay", "display_rgb", "legend_lines", "render_overlay"]
+__all__ = ["NOT_FOR_DIAGNOSIS", "build_overlay", "colour_labels", "display_rgb", "legend_lines", "render_overlay"]

@@ -11,7 +11,7 @@ import { chromium } from "playwright-core";
 
 const [url, image, screenshot, nodeScreenshot] = process.argv.slice(2);
 if (!url || !image || !screenshot) {
-  console.error("usage: node upload.mjs URL IMAGE SCREENSHOT_PNG");
+  console.error("usage: node upload.mjs URL IMAGE SCREENSHOT_PNG [NODE_TAB_SCREENSHOT_PNG]");
   process.exit(2);
 }
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";

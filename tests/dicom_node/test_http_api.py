@@ -1,7 +1,9 @@
 """The web page's REST API for real: a node (tiny real model) with its HTTP server on a free loopback port,
 driven with httpx; DICOM jobs come in through dcmtk ``storescu`` and go out to a dcmtk ``storescp``.
 
-One test segments with the shipped default model; two run ``spinenode serve --http-port`` as a process.
+Uploads segment with the tiny model (background everywhere: the plumbing) and a tiny U-Net++ (all three
+classes: the label, colour mask and overlay PNGs); one test segments with the shipped default model, one
+runs ``spinenode serve --http-port`` as a process.
 """
 
 from __future__ import annotations
@@ -27,17 +29,21 @@ import pytest
 from pydicom import dcmread
 
 from dicom_node.config import ConfigError, Destination, NodeConfig, load_config
+from dicom_node.http import uploads
 from dicom_node.http.server import HttpServer
-from dicom_node.http.uploads import KEEP_UPLOADS, MAX_UPLOAD_BYTES, UPLOADS_DIR
+from dicom_node.http.uploads import MAX_UPLOAD_BYTES, UPLOADS_DIR
 from dicom_node.node import Node
+from dicom_node.writers.overlay import COLOUR_LUT
+from inference.classes import SpineClass
 from inference.metrics import overlap
 from inference.model_card import find_card
 from inference.phantom_dicom import write_phantoms
 from inference.registry import ModelRegistry
-from tests.conftest import PROJECT, TINY_MODEL, StoreSCP, free_port, storescu
+from tests.conftest import PROJECT, TINY_MODEL, StoreSCP, free_port, make_tiny_model, storescu, wait_for_port
 
 SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 DEFAULT_MODEL = "demo-unetplusplus"
+BUSY_MODEL = "tiny-unetpp-http"  # a tiny U-Net++ with random weights: predicts V and T1 (in a random pattern)
 UPLOAD_LIMIT = 1 * 2**20  # the test server's upload limit (the real one, MAX_UPLOAD_BYTES, is 64 MiB)
 MAX_PIXELS = 2_000_000  # the test node's max_pixels (a phantom of height 640 has about 64,000)
 PNG_SEED = 930001
@@ -85,6 +91,14 @@ def phantom_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("png")
     [entry] = write_phantoms(out, 1, PNG_SEED, "png", height=640)
     return out / entry["file"], out / entry["mask"]
+
+
+@pytest.fixture(scope="module")
+def busy_model(models_root: Path) -> str:
+    """A tiny model in the node's models directory whose masks are not all background."""
+    if not (models_root / BUSY_MODEL).is_dir():
+        make_tiny_model(models_root, BUSY_MODEL, architecture="unetplusplus")
+    return BUSY_MODEL
 
 
 def png_of(data: bytes) -> np.ndarray:
@@ -176,6 +190,38 @@ def test_segment_png(served: Served, phantom_png: tuple[Path, Path]) -> None:
     metrics = served.client.get(urls["metrics"]).json()
     assert metrics["classes"]["V"]["pixels"] == body["classes"]["V"]["pixels"]
     assert served.client.get(urls["input"]).content == png.read_bytes()
+
+
+def test_segment_png_masks_and_overlay(served: Served, busy_model: str, phantom_png: tuple[Path, Path]) -> None:
+    """With a model that finds both classes: the label PNG holds them with the reported pixel counts, the
+    coloured mask is the class colours of those labels, and the overlay tints them into the original."""
+    png, _ = phantom_png
+    r = segment(served.client, png, busy_model)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["name"] == busy_model
+    urls = body["urls"]
+    grey = png_of(served.client.get(urls["mask_labels"]).content)
+    assert grey.ndim == 2 and set(np.unique(grey)) <= {0, 127, 254}
+    labels = grey // 127
+    assert {1, 2} <= set(np.unique(labels)), "the busy model predicts V and T1"
+    for cls in (SpineClass.V, SpineClass.T1):
+        assert int((labels == cls).sum()) == body["classes"][cls.name]["pixels"], cls.name
+    colour = png_of(served.client.get(urls["mask"]).content)  # decoded as BGR
+    expected_rgb = COLOUR_LUT[labels, 0]
+    assert colour.shape == (*labels.shape, 3)
+    assert np.array_equal(colour, expected_rgb[..., ::-1])
+    assert np.array_equal(colour[labels == SpineClass.V][0], (0, 200, 0))  # green, BGR
+    assert np.array_equal(colour[labels == SpineClass.T1][0], (0, 0, 230))  # red, BGR
+    original = png_of(served.client.get(urls["original"]).content)
+    overlay = png_of(served.client.get(urls["overlay"]).content)
+    assert original.shape == overlay.shape == (*labels.shape, 3)
+    changed = np.any(original != overlay, axis=2)
+    assert changed[labels > 0].mean() > 0.9, "the classes are tinted into the overlay"
+    # the tint pulls V pixels towards green and T1 pixels towards red (BGR channels 1 and 2)
+    diff = overlay.astype(np.int16) - original.astype(np.int16)
+    assert diff[labels == SpineClass.V][:, 1].mean() > diff[labels == SpineClass.V][:, 2].mean()
+    assert diff[labels == SpineClass.T1][:, 2].mean() > diff[labels == SpineClass.T1][:, 1].mean()
 
 
 def test_segment_jpeg(served: Served, phantom_png: tuple[Path, Path], tmp_path: Path) -> None:
@@ -316,6 +362,21 @@ def test_inference_runs_off_the_event_loop(
     assert served.client.get("/api/health").status_code == 200
 
 
+def test_only_the_latest_uploads_are_kept(
+    served: Served, phantom_png: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uploads, "KEEP_UPLOADS", 2)
+    ids = []
+    for _ in range(3):
+        r = segment(served.client, phantom_png[0])
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["id"])
+    assert [p.name for p in upload_dirs(served.node)] == sorted(ids[1:])
+    assert served.client.get(f"/api/results/{ids[0]}/input.png").status_code == 404
+    for result_id in ids[1:]:
+        assert served.client.get(f"/api/results/{result_id}/input.png").status_code == 200
+
+
 def test_result_files_only_by_id_and_name(served: Served) -> None:
     for path in (
         "/api/results/../../spinenode.db",
@@ -418,7 +479,7 @@ def test_config_http_defaults_and_toml(tmp_path: Path) -> None:
     toml.write_text("[http]\nport = 70000\n")
     with pytest.raises(ConfigError, match="HTTP port"):
         load_config(toml)
-    assert MAX_UPLOAD_BYTES == 64 * 2**20 and KEEP_UPLOADS >= 1
+    assert MAX_UPLOAD_BYTES == 64 * 2**20
 
 
 @pytest.mark.slow
@@ -436,17 +497,13 @@ def test_serve_cli_with_http_port(tmp_path: Path, models_root: Path) -> None:
         env=env,
         cwd=PROJECT,
     )
+    url = f"http://127.0.0.1:{http_port}/"
     try:
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "web page" in line or not line:
-                break
-        url = f"http://127.0.0.1:{http_port}/"
-        assert f"SpineNode web page and REST API at {url}" in "".join(lines), lines
+        try:
+            wait_for_port(http_port, timeout=60)
+        except TimeoutError:
+            proc.kill()
+            pytest.fail(f"spinenode serve did not listen for HTTP: {proc.communicate(timeout=60)}")
         assert httpx.get(url + "api/health", timeout=30).json()["status"] == "healthy"
         second = subprocess.run(
             [*cmd, "--port", str(free_port()), "--data-dir", str(tmp_path / "b"), "--http-port", str(http_port)],
@@ -458,8 +515,10 @@ def test_serve_cli_with_http_port(tmp_path: Path, models_root: Path) -> None:
         )
         assert second.returncode == 2 and f"cannot listen for HTTP on 127.0.0.1:{http_port}" in second.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+    assert f"SpineNode web page and REST API at {url}" in out, out
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{http_port}/api/health", timeout=5)

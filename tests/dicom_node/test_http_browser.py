@@ -31,12 +31,10 @@ from dicom_node.node import Node
 from dicom_node.report import audit_report
 from inference.phantom_dicom import write_phantoms
 from inference.registry import ModelRegistry
-from tests.conftest import PROJECT, free_port, require_tool, storescu
+from tests.conftest import PROJECT, free_port, npm_ci, require_tool, storescu
 
 BROWSER = PROJECT / "tests" / "browser"
 SCRIPT = BROWSER / "upload.mjs"
-LOCK = BROWSER / "package-lock.json"
-INSTALLED_LOCK = BROWSER / "node_modules" / ".package-lock.json"  # written by npm ci
 ARTEFACTS = Path(os.environ.get("SPINENODE_TEST_ARTEFACTS") or PROJECT / "var" / "test-artefacts")
 DEFAULT_MODEL = "demo-unetplusplus"
 NPM_TIMEOUT_S = 300
@@ -45,30 +43,20 @@ PNG_SEED = 930002
 DEMO_LABEL = "synthetic-trained — not for diagnostic use"
 
 
-def install_playwright_core() -> None:
-    """``npm ci`` into tests/browser unless node_modules already matches the lock file."""
-    npm = require_tool("npm")
-    if INSTALLED_LOCK.is_file() and INSTALLED_LOCK.stat().st_mtime >= LOCK.stat().st_mtime:
-        return
-    proc = subprocess.run(
-        [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-        cwd=BROWSER,
-        capture_output=True,
-        text=True,
-        timeout=NPM_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def run_page(url: str, image: Path, screenshot: Path, via: str = "picker") -> dict:
-    """``upload.mjs`` in headless Chromium: what the page showed after uploading ``image``."""
+def run_page(url: str, image: Path, screenshot: Path, via: str = "picker", node_screenshot: Path | None = None) -> dict:
+    """``upload.mjs`` in headless Chromium: what the page showed after uploading ``image`` (and a
+    screenshot of the Node tab in ``node_screenshot`` when given)."""
     node = require_tool("node")
     chromium = require_tool("chromium")
-    install_playwright_core()
+    npm_ci(BROWSER, timeout=NPM_TIMEOUT_S)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     screenshot.unlink(missing_ok=True)
+    extra = []
+    if node_screenshot is not None:
+        node_screenshot.unlink(missing_ok=True)
+        extra.append(str(node_screenshot))
     proc = subprocess.run(
-        [node, str(SCRIPT), url, str(image), str(screenshot)],
+        [node, str(SCRIPT), url, str(image), str(screenshot), *extra],
         capture_output=True,
         text=True,
         timeout=BROWSER_TIMEOUT_S,
@@ -83,6 +71,8 @@ def page_url(
     tmp_path_factory: pytest.TempPathFactory, models_root: Path, onnx_cache: Path, phantom_files: list[Path]
 ) -> Iterator[str]:
     """A node on the default model with its web page, holding one finished DICOM job."""
+    require_tool("node")  # skip (or fail in CI) before starting a node the browser cannot reach
+    require_tool("chromium")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPINENODE_MODELS_DIR", str(models_root))
         mp.setenv("SPINENODE_CACHE_DIR", str(onnx_cache))
@@ -109,8 +99,8 @@ def test_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
     [entry] = write_phantoms(tmp_path, 1, PNG_SEED, "png", height=640)
     png = tmp_path / entry["file"]
     rows, cols = cv2.imread(str(png), cv2.IMREAD_UNCHANGED).shape[:2]
-    screenshot = ARTEFACTS / "web-page-upload.png"
-    page = run_page(page_url, png, screenshot)
+    screenshot, node_screenshot = ARTEFACTS / "web-page-upload.png", ARTEFACTS / "web-page-node.png"
+    page = run_page(page_url, png, screenshot, node_screenshot=node_screenshot)
     assert page["model"] == DEFAULT_MODEL
     assert page["status"] == f"{png.name} segmented."
     for key in ("original", "mask", "overlay"):
@@ -126,6 +116,7 @@ def test_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
     assert job["thumbnail"] is not None and job["thumbnail"]["width"] > 0
     assert page["console_errors"] == []
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+    assert node_screenshot.is_file() and node_screenshot.stat().st_size > 10_000
     assert [d["text"] for d in page["downloads"]] == ["metrics JSON"]  # no SEG/SR/SC for a PNG
 
 

@@ -232,8 +232,9 @@ def test_restart_runs_jobs_left_running(tmp_path: Path, phantom_files: list[Path
     n = Node.compose(cfg)
     n.start(preload=False)
     assert storescu(n.port, phantom_files[0]).returncode == 0
-    job_id = n.queue.claim()  # as if a worker took it and the process died
-    assert job_id is not None
+    claimed = n.queue.claim()  # as if a worker took it and the process died
+    assert claimed is not None
+    job_id = claimed[0]
     n.stop()
     n2 = Node.compose(replace(cfg, workers=1, port=free_port()))
     n2.start()

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -40,6 +39,7 @@ from dicom_node import migrations
 from dicom_node.audit import (
     AuditDB,
     Base,
+    DeliveryAttempt,
     DeliveryRecord,
     DeliveryState,
     InstanceRecord,
@@ -126,8 +126,14 @@ def test_new_database_is_built_by_the_migrations(db: AuditDB) -> None:
     with db.engine.connect() as conn:
         assert migrations.current(conn) == migrations.head()
     assert _schema_diff(db) == []  # the revisions make exactly what the models describe
-    again = AuditDB(db.url)  # reopening migrates nothing
-    again.dispose()
+    assert migrations.upgrade(db.engine) == migrations.head()  # upgrading again starts at head ...
+    again = AuditDB(db.url)  # ... and so does reopening: it migrates nothing
+    try:
+        with again.engine.connect() as conn:
+            assert migrations.current(conn) == migrations.head()
+        assert _schema_diff(again) == []
+    finally:
+        again.dispose()
 
 
 def _pre_migration_database(path: Path, old_outputs_constraint: bool) -> None:
@@ -239,40 +245,57 @@ B = WorkerIdentity("host-b", 222)
 def test_claim_records_the_worker_and_its_lease(db: AuditDB) -> None:
     first, second, _ = _add_jobs(db, 3)
     qa, qb = JobQueue(db, A, lease_s=30), JobQueue(db, B, lease_s=30)
-    assert qa.claim() == first and qb.claim() == second
+    assert qa.claim() == (first, 1) and qb.claim() == (second, 1)
     job = _job(db, first)
     assert (job.state, job.worker_host, job.worker_pid, job.attempts) == (JobState.RUNNING, "host-a", 111, 1)
     assert job.lease_expires_at is not None
     assert 25 < (job.lease_expires_at - utcnow()).total_seconds() <= 30
     assert _transitions(db, first)[-1][:2] == ("running", "host-a:111")
-    assert qa.finish(first, JobState.FAILED, "test") is True
+    assert qa.finish(first, 1, JobState.FAILED, "test") is True
     assert _job(db, first).lease_expires_at is None
 
 
 def test_expired_lease_is_reclaimed_and_fences_the_old_holder(db: AuditDB) -> None:
     (job_id,) = _add_jobs(db, 1)
     qa, qb = JobQueue(db, A, lease_s=30), JobQueue(db, B, lease_s=30)
-    assert qa.claim() == job_id
+    assert qa.claim() == (job_id, 1)
     assert reclaim_expired(db, B) == 0  # a live lease is left alone
     _expire(db, job_id)
     assert reclaim_expired(db, B) == 1
     state, worker, detail = _transitions(db, job_id)[-1]
     assert state == "queued" and worker == "host-b:222" and "lease expired" in (detail or "")
     assert "host-a:111" in (detail or "")
-    assert qb.claim() == job_id
+    assert qb.claim() == (job_id, 2)
     job = _job(db, job_id)
     assert (job.worker_host, job.attempts) == ("host-b", 2)
     assert not qa.holds(job) and qb.holds(job, attempt=2) and not qb.holds(job, attempt=1)
-    assert qa.finish(job_id, JobState.FAILED, "too late") is False  # A lost it: nothing recorded
+    assert qa.finish(job_id, 1, JobState.FAILED, "too late") is False  # A lost it: nothing recorded
     assert renew(db, A, 30) == 0  # A's heartbeat no longer extends it
     assert _job(db, job_id).state == JobState.RUNNING
-    assert qb.finish(job_id, JobState.DONE) is True
+    assert qb.finish(job_id, 2, JobState.DONE) is True
+
+
+def test_a_thread_whose_claim_was_retaken_by_its_own_process_cannot_finish_it(db: AuditDB) -> None:
+    """Threads of one process share its identity (host:pid): the attempt is the fencing token."""
+    (job_id,) = _add_jobs(db, 1)
+    t1, t2 = JobQueue(db, A, lease_s=30), JobQueue(db, A, lease_s=30)  # two worker threads of process A
+    assert t1.claim() == (job_id, 1)
+    _expire(db, job_id)
+    assert reclaim_expired(db, A) == 1
+    assert t2.claim() == (job_id, 2)
+    assert t1.finish(job_id, 1, JobState.FAILED, "stale thread", error="stale") is False
+    job = _job(db, job_id)
+    assert (job.state, job.attempts, job.error, job.finished_at) == (JobState.RUNNING, 2, None, None)
+    assert job.lease_expires_at is not None  # still t2's lease
+    assert _transitions(db, job_id)[-1][:2] == ("running", "host-a:111")
+    assert t2.finish(job_id, 2, JobState.DONE) is True
+    assert _job(db, job_id).state == JobState.DONE
 
 
 def test_renewal_keeps_a_slow_job(db: AuditDB) -> None:
     (job_id,) = _add_jobs(db, 1)
     qa = JobQueue(db, A, lease_s=30)
-    assert qa.claim() == job_id
+    assert qa.claim() == (job_id, 1)
     _expire(db, job_id)
     assert renew(db, A, 30) == 1  # the heartbeat came in time
     assert reclaim_expired(db, B) == 0
@@ -298,9 +321,23 @@ def test_start_up_reclaims_only_jobs_of_dead_workers_on_this_host(db: AuditDB) -
                 assert job is not None
                 job.state, job.worker_host, job.worker_pid = JobState.RUNNING, host, pid
                 job.lease_expires_at = utcnow() + timedelta(seconds=lease)
+        owners = [f"{me.host}:{dead.pid}", f"{me.host}:{live.pid}", "other-host:4242"]
+        deliveries = _add_deliveries(db, jobs[0], ports=(104, 105, 106))
+        with db.session() as s:
+            for delivery_id, owner in zip(deliveries, owners, strict=True):
+                s.execute(
+                    update(DeliveryRecord)
+                    .where(DeliveryRecord.id == delivery_id)
+                    .values(lease_owner=owner, lease_expires_at=utcnow() + timedelta(seconds=30))
+                )
         assert reclaim_at_start(db, me) == 3
         states = [_job(db, j).state for j in jobs]
         assert states == [JobState.QUEUED, JobState.RUNNING, JobState.RUNNING, JobState.QUEUED, JobState.QUEUED]
+        with db.session() as s:
+            leases = [(d.lease_owner, d.lease_expires_at is None) for d in s.scalars(select(DeliveryRecord))]
+        assert sorted(leases, key=str) == sorted(
+            [(None, True), (owners[1], False), (owners[2], False)], key=str
+        )  # the dead local sender's delivery is released; a live one's and another host's are kept
     finally:
         live.kill()
         live.wait()
@@ -312,8 +349,8 @@ def test_concurrent_claimers_take_each_job_once(db: AuditDB) -> None:
 
     def work(i: int) -> None:
         queue = JobQueue(db, WorkerIdentity(f"host-{i}", 1000 + i), lease_s=30)
-        while (job_id := queue.claim()) is not None:
-            taken[f"host-{i}"].append(job_id)
+        while (claimed := queue.claim()) is not None:
+            taken[f"host-{i}"].append(claimed[0])
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
     for t in threads:
@@ -329,8 +366,7 @@ def test_concurrent_claimers_take_each_job_once(db: AuditDB) -> None:
             assert job_id in taken[job.worker_host or ""]
 
 
-def test_deliveries_are_claimed_under_a_lease(db: AuditDB, tmp_path: Path) -> None:
-    (job_id,) = _add_jobs(db, 1)
+def _add_deliveries(db: AuditDB, job_id: int, ports: tuple[int, ...] = (104, 105)) -> list[int]:
     with db.session() as s:
         out = OutputRecord(
             job_id=job_id, kind=OutputKind.SEG, sop_class_uid="1.2", sop_instance_uid="1.2.3", series_instance_uid="1.2"
@@ -338,8 +374,18 @@ def test_deliveries_are_claimed_under_a_lease(db: AuditDB, tmp_path: Path) -> No
         out.path = "/nonexistent"
         s.add(out)
         s.flush()
-        for port in (104, 105):
-            s.add(DeliveryRecord(output_id=out.id, destination=f"PACS@127.0.0.1:{port}", state=DeliveryState.PENDING))
+        rows = [
+            DeliveryRecord(output_id=out.id, destination=f"PACS@127.0.0.1:{port}", state=DeliveryState.PENDING)
+            for port in ports
+        ]
+        s.add_all(rows)
+        s.flush()
+        return [d.id for d in rows]
+
+
+def test_deliveries_are_claimed_under_a_lease(db: AuditDB, tmp_path: Path) -> None:
+    (job_id,) = _add_jobs(db, 1)
+    _add_deliveries(db, job_id)
     config = NodeConfig(data_dir=tmp_path, lease_s=30)
     attempted: dict[str, list[int]] = defaultdict(list)
 
@@ -358,32 +404,40 @@ def test_deliveries_are_claimed_under_a_lease(db: AuditDB, tmp_path: Path) -> No
     assert sorted(attempted["host-a:111"]) == sorted(attempted["host-b:222"])
 
 
+def test_a_sender_whose_delivery_lease_was_retaken_only_logs_its_attempt(db: AuditDB, tmp_path: Path) -> None:
+    (job_id,) = _add_jobs(db, 1)
+    ids = _add_deliveries(db, job_id)
+    config = NodeConfig(data_dir=tmp_path, lease_s=30)
+    sa, sb = Sender(config, db, A), Sender(config, db, B)
+    sb._deliver = lambda dest, items: None  # type: ignore[method-assign] # B claims, sends later
+
+    taken: list[bool] = []
+
+    def slow_send(dest: Any, paths: list[str], tls_args: Any) -> list[tuple[int | None, str | None]]:
+        if not taken:  # A's first send outlasted its lease: B reclaimed and claimed both deliveries meanwhile
+            with db.session() as s:
+                s.execute(update(DeliveryRecord).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+            assert reclaim_expired(db, B) == 0
+            assert sb.run_once() == 2
+            taken.append(True)
+        return [(0x0000, None)] * len(paths)  # the peer accepted
+
+    sa.connections.send = slow_send  # type: ignore[method-assign]
+    assert sa.run_once() == 2  # the real _deliver, once per destination
+    with db.session() as s:
+        deliveries = {d.id: d for d in s.scalars(select(DeliveryRecord))}
+        attempts = list(s.scalars(select(DeliveryAttempt)))
+    assert sorted(a.delivery_id for a in attempts) == sorted(ids)  # A's attempts are logged ...
+    assert all(a.status == 0x0000 for a in attempts)
+    for d in deliveries.values():  # ... but the deliveries stay B's, pending and uncounted
+        assert (d.state, d.lease_owner, d.attempts, d.last_status) == (DeliveryState.PENDING, "host-b:222", 0, None)
+        assert d.lease_expires_at is not None
+
+
 # --- one receiver, three worker processes, a SIGKILL -----------------------------------------------------
 
 N_IMAGES = 60
 LEASE_S = 3.0
-
-
-class ForkingDestination(reliability.Destination):
-    """storescp accepting concurrent associations (a process each), as a PACS does: every worker sends."""
-
-    def start(self) -> None:
-        cmd = ["storescp", "--fork", "--aetitle", self.ae_title, "-od", str(self.folder), "+uf", "--accept-all"]
-        self.proc = subprocess.Popen(
-            [*cmd, str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=reliability.TOOL_ENV
-        )
-        reliability.wait_port(self.port, 20, self.proc)
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT,
-            env={**os.environ, "TCP_NODELAY": "1"},
-        )
 
 
 def _wait(condition: Any, timeout: float, what: str, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
@@ -395,16 +449,6 @@ def _wait(condition: Any, timeout: float, what: str, procs: list[subprocess.Pope
             return
         time.sleep(0.1)
     raise TimeoutError(f"{what}: not after {timeout} s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(10)
 
 
 @pytest.mark.slow
@@ -419,7 +463,7 @@ def test_receiver_and_three_workers_survive_a_sigkilled_worker(
     url = pg_cluster.create_database("scaleout")
     files = reliability.make_phantoms(tmp_path / "phantoms", N_IMAGES, first_seed=880000, height=320)
     sources = {str(reliability.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
-    dest = ForkingDestination(tmp_path / "received")
+    dest = reliability.Destination(tmp_path / "received", fork=True)
     dest.start()
     port = reliability.free_port()
     config = tmp_path / "node.toml"
@@ -438,8 +482,10 @@ def test_receiver_and_three_workers_survive_a_sigkilled_worker(
             return list(conn.execute(text(sql), params))
 
     # the four processes start together: they migrate the empty database under the advisory lock
-    receiver = _spawn(["serve", "--config", str(config), "--workers", "0"], tmp_path / "receiver.log")
-    workers = [_spawn(["worker", "--config", str(config)], tmp_path / f"worker{i}.log") for i in range(3)]
+    receiver = reliability.spawn_cli(["serve", "--config", str(config), "--workers", "0"], tmp_path / "receiver.log")
+    workers = [
+        reliability.spawn_cli(["worker", "--config", str(config)], tmp_path / f"worker{i}.log") for i in range(3)
+    ]
     procs = [receiver, *workers]
     try:
         reliability.wait_port(port, 120, receiver)
@@ -524,7 +570,7 @@ def test_receiver_and_three_workers_survive_a_sigkilled_worker(
         killed = next(j for j in report["jobs"] if j["id"] == killed_job)
         assert any(t["worker"] == victim_name for t in killed["transitions"])
 
-        assert [_stop(p) for p in [receiver, *workers[1:]]] == [0, 0, 0]
+        assert [reliability.stop_process(p) for p in [receiver, *workers[1:]]] == [0, 0, 0]
         print(
             f"\n{N_IMAGES} images, 3 workers (one SIGKILLed holding job {killed_job}): settled "
             f"{settle_s:.1f} s after the kill, {time.monotonic() - started:.1f} s in all; jobs per worker {dict(ran)}"
@@ -533,6 +579,6 @@ def test_receiver_and_three_workers_survive_a_sigkilled_worker(
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGCONT)
-                _stop(p)
+                reliability.stop_process(p)
         dest.stop()
         engine.dispose()

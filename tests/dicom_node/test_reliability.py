@@ -4,7 +4,6 @@ no patient identity in the logs - through ``bench/reliability.py``, the harness 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def test_concurrent_senders(tmp_path: Path) -> None:
 
 
 def test_logs_never_carry_patient_identity(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, storescp: StoreSCP, models_root: Path
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, storescp: StoreSCP
 ) -> None:
     """Debug-level logs of a whole job (received, refused, processed, delivered) name no patient."""
     name, pid = "Zyxwvut^Hygienetest", "HYGIENE-PID-99417"
@@ -59,7 +58,6 @@ def test_logs_never_carry_patient_identity(
     ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
     ds.PixelData = ds.PixelData[:100]
     ds.save_as(bad, enforce_file_format=True)
-    os.environ["SPINENODE_MODELS_DIR"] = str(models_root)
     cfg = NodeConfig(
         data_dir=tmp_path / "var",
         port=free_port(),

@@ -27,13 +27,11 @@ from dicom_node.writers import build_outputs
 from inference.classes import SpineClass
 from inference.phantom import make_phantom
 from inference.phantom_dicom import phantom_to_dataset
-from tests.conftest import PROJECT, require_tool
+from tests.conftest import PROJECT, npm_ci, require_tool
 from tests.dicom_node.test_writers import fake_prediction, make_card
 
 VIEWERS = PROJECT / "tests" / "viewers"
 READER = VIEWERS / "read_outputs.mjs"
-LOCK = VIEWERS / "package-lock.json"
-INSTALLED_LOCK = VIEWERS / "node_modules" / ".package-lock.json"  # written by npm ci / npm install
 NPM_TIMEOUT_S = 600
 READER_TIMEOUT_S = 120
 SEED = 920003
@@ -53,25 +51,10 @@ class ReaderRun:
     result: dict[str, Any]
 
 
-def install_readers() -> None:
-    """``npm ci`` into tests/viewers unless node_modules already matches the lock file."""
-    npm = require_tool("npm")
-    if INSTALLED_LOCK.is_file() and INSTALLED_LOCK.stat().st_mtime >= LOCK.stat().st_mtime:
-        return
-    proc = subprocess.run(
-        [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-        cwd=VIEWERS,
-        capture_output=True,
-        text=True,
-        timeout=NPM_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> ReaderRun:
     node = require_tool("node")
-    install_readers()
+    npm_ci(VIEWERS, timeout=NPM_TIMEOUT_S)
     folder = tmp_path_factory.mktemp("viewers")
     phantom = make_phantom(SEED, height=HEIGHT)
     card = make_card()
