@@ -297,6 +297,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from inference.datasets import DataSpecError
     from inference.training import main_train_args_to_config, train
 
+    if args.data.startswith("spineweb16:"):
+        from inference.level_training import config_from_args, train_levels
+        from inference.spineweb import SpineWebError
+
+        try:
+            card = train_levels(config_from_args(args))
+        except SpineWebError as exc:
+            raise CLIError(str(exc)) from exc
+        print(json.dumps({"model": card.name, "best_val": card.training["best_val_model_resolution"]}, indent=2))
+        return 0
     try:
         card = train(main_train_args_to_config(args))
     except DataSpecError as exc:
@@ -454,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on phantoms or COCO data")
     t.add_argument("--arch", required=True)
     t.add_argument("--encoder", default="resnet50")
-    t.add_argument("--data", required=True, help="phantom:N or coco:ANNOTATIONS.json:IMAGE_DIR")
+    t.add_argument("--data", required=True, help="phantom:N, coco:ANNOTATIONS.json:IMAGE_DIR or spineweb16:DIR")
     t.add_argument("--data-seed", type=int, default=0, help="first phantom seed")
     t.add_argument("--out", required=True)
     t.add_argument("--name")
@@ -468,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", help="start from these weights (staged fine-tuning)")
     t.add_argument("--threads", type=int)
     t.add_argument("--not-demo", action="store_true", help="weights are not synthetic-only")
+    t.add_argument("--time-budget-min", type=float, help="spineweb16: end the schedule after this many minutes")
+    t.add_argument("--resume", action="store_true", help="spineweb16: continue from OUT/checkpoint.pt")
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="IoU/Dice of a model against phantoms or COCO data")

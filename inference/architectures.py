@@ -26,26 +26,26 @@ class Architecture:
 
     name: str
     description: str
-    build: Callable[[str], nn.Module]  # encoder name -> module
+    build: Callable[[str, int], nn.Module]  # (encoder name, number of classes) -> module
     takes_encoder: bool = True
 
 
-def _deeplabv3plus(encoder: str) -> nn.Module:
-    return smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=NUM_CLASSES)
+def _deeplabv3plus(encoder: str, classes: int) -> nn.Module:
+    return smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=classes)
 
 
-def _unetplusplus(encoder: str) -> nn.Module:
+def _unetplusplus(encoder: str, classes: int) -> nn.Module:
     return smp.UnetPlusPlus(
-        encoder_name=encoder, encoder_weights=None, classes=NUM_CLASSES, decoder_channels=(128, 64, 32, 16, 16)
+        encoder_name=encoder, encoder_weights=None, classes=classes, decoder_channels=(128, 64, 32, 16, 16)
     )
 
 
-def _dense(encoder: str) -> nn.Module:
-    return DeepLabV3PlusDense(encoder_name=encoder, classes=NUM_CLASSES)
+def _dense(encoder: str, classes: int) -> nn.Module:
+    return DeepLabV3PlusDense(encoder_name=encoder, classes=classes)
 
 
-def _seed(name: str) -> Callable[[str], nn.Module]:
-    def build(_encoder: str) -> nn.Module:
+def _seed(name: str) -> Callable[[str, int], nn.Module]:
+    def build(_encoder: str, _classes: int) -> nn.Module:
         from inference import seed_models  # torchvision-heavy; imported on demand
 
         return seed_models.SEED_BUILDERS[name]()
@@ -76,10 +76,11 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def build_model(architecture: str, encoder: str | None = None) -> nn.Module:
-    """Build ``architecture`` with ``encoder`` (random weights). Raises KeyError for unknown names."""
+def build_model(architecture: str, encoder: str | None = None, classes: int = NUM_CLASSES) -> nn.Module:
+    """Build ``architecture`` with ``encoder`` and ``classes`` outputs (random weights). Raises KeyError for
+    unknown names."""
     try:
         arch = ARCHITECTURES[architecture]
     except KeyError:
         raise KeyError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}") from None
-    return arch.build(encoder or DEFAULT_ENCODER)
+    return arch.build(encoder or DEFAULT_ENCODER, classes)

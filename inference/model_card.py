@@ -20,6 +20,7 @@ CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 PREPROCESSING = "grey in [0,1] (DICOM: modality LUT, VOI window, MONOCHROME1 inverted), area resize, grey x3"
 DEMO_DISCLAIMER = "Trained on synthetic phantoms only. NOT FOR DIAGNOSTIC USE."
+RESEARCH_DISCLAIMER = "Research model, trained on real radiographs (SpineWeb dataset 16). NOT FOR DIAGNOSTIC USE."
 
 
 def models_dir() -> Path:
@@ -50,6 +51,11 @@ class ModelCard:
     def weights_path(self) -> Path:
         assert self.directory is not None, "card has no directory"
         return self.directory / self.weights_file
+
+    @property
+    def disclaimer(self) -> str:
+        """What every output of this model says about its use (always "NOT FOR DIAGNOSTIC USE")."""
+        return DEMO_DISCLAIMER if self.demo else RESEARCH_DISCLAIMER
 
     @property
     def version(self) -> str:

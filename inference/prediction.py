@@ -35,6 +35,23 @@ class ClassStats:
 
 
 @dataclass
+class Quality:
+    """Whether a prediction is a plausible spine segmentation (``inference.quality`` decides)."""
+
+    reliable: bool
+    reasons: list[str] = field(default_factory=list)  # why not, in plain words (empty when reliable)
+
+    @property
+    def statement(self) -> str:
+        if self.reliable:
+            return "Segmentation passed the plausibility checks"
+        return "No reliable segmentation was obtained: " + "; ".join(self.reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reliable": self.reliable, "reasons": list(self.reasons)}
+
+
+@dataclass
 class Prediction:
     labels: np.ndarray  # uint8 (rows, columns), SpineClass values
     confidence: np.ndarray  # float32 max-softmax per pixel
@@ -44,6 +61,8 @@ class Prediction:
     demo: bool
     inference_ms: float
     notes: list[str] = field(default_factory=list)
+    quality: Quality = field(default_factory=lambda: Quality(True))
+    levels: np.ndarray | None = None  # uint8 (rows, columns) level labels (inference.levels) when the model has them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +72,7 @@ class Prediction:
             "inference_ms": round(self.inference_ms, 1),
             "image_size": list(self.labels.shape),
             "classes": {k: v.to_json() for k, v in self.classes.items()},
+            "quality": self.quality.to_json(),
             "notes": self.notes,
         }
 
@@ -98,4 +118,4 @@ def class_stats(
     return out
 
 
-__all__ = ["SPINE", "ClassStats", "Prediction", "class_stats", "labels_at_native"]
+__all__ = ["SPINE", "ClassStats", "Prediction", "Quality", "class_stats", "labels_at_native"]

@@ -40,7 +40,7 @@ from dicom_node.audit import OutputKind
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES, SegmentRequest, UploadError, result_path, segment_upload
 from dicom_node.http.views import Histogram, Thumbnails, job_detail, output_path, prometheus_text
 from dicom_node.report import recent_jobs
-from inference.model_card import DEMO_DISCLAIMER, list_cards
+from inference.model_card import list_cards
 
 if TYPE_CHECKING:
     from dicom_node.node import Node
@@ -134,7 +134,7 @@ def build_app(node: Node, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
                     "default": card.name == node.config.model,
                     "loaded": bool(m.get("loaded")),
                     "error": m.get("error"),
-                    "disclaimer": DEMO_DISCLAIMER if card.demo else None,
+                    "disclaimer": card.disclaimer,
                 }
             )
         return out

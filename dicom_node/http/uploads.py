@@ -31,7 +31,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_node.segment_file import NotAnImageError, segment_file
 from dicom_node.storage import write_durably
-from inference.model_card import DEMO_DISCLAIMER, find_card, list_cards
+from inference.model_card import find_card, list_cards
 from inference.preprocess import UnusableImageError, declared_size_problem
 from inference.registry import ModelRegistry
 
@@ -209,7 +209,7 @@ def segment_upload(
             "display_name": card.display_name,
             "version": summary["model_version"],
             "demo": card.demo,
-            **({"disclaimer": DEMO_DISCLAIMER} if card.demo else {}),
+            "disclaimer": card.disclaimer,
         },
         "image_size": summary["image_size"],
         "classes": summary["classes"],  # per class: pixels, coverage_percent, area, mean_confidence, flip_*

@@ -20,7 +20,7 @@ from dicom_node.writers.overlay import build_overlay
 from dicom_node.writers.seg import build_segmentation
 from dicom_node.writers.source import writable_source
 from dicom_node.writers.sr import build_measurement_report
-from inference.model_card import DEMO_DISCLAIMER, ModelCard
+from inference.model_card import ModelCard
 from inference.prediction import Prediction
 
 MANUFACTURER = "SpineNode"
@@ -56,9 +56,9 @@ def software_version() -> str:
         return f"{PACKAGE} unknown"
 
 
-def disclaimer(card: ModelCard) -> str | None:
-    """The text demo-model output must carry, or ``None`` for other models."""
-    return DEMO_DISCLAIMER if card.demo else None
+def disclaimer(card: ModelCard) -> str:
+    """The text every output carries: what the model was trained on and "NOT FOR DIAGNOSTIC USE"."""
+    return card.disclaimer
 
 
 def description(what: str, card: ModelCard) -> str:
@@ -100,7 +100,7 @@ def build_outputs(
         series_description=description("Spine segmentation", card),
         content_description=description("Spine and T1 by", card),
         software_versions=software,
-        content_qualification=RESEARCH if card.demo else None,
+        content_qualification=RESEARCH,  # every model: research, not for diagnosis
     )
     t1 = time.perf_counter()
     sr = build_measurement_report(

@@ -131,8 +131,7 @@ def legend_lines(prediction: Prediction, card: ModelCard) -> list[tuple[str, tup
         stats = prediction.classes.get(cls.name)
         if stats is not None:
             lines.extend((text, CLASS_COLOURS[cls]) for text in class_lines(cls.name, stats))
-    if card.demo:
-        lines.append((NOT_FOR_DIAGNOSIS, WARNING_COLOUR))
+    lines.append((NOT_FOR_DIAGNOSIS, WARNING_COLOUR))
     return lines
 
 
@@ -163,14 +162,13 @@ def _text_block(rgb: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]
 
 
 def draw_legend(rgb: np.ndarray, prediction: Prediction, card: ModelCard) -> None:
-    """The legend at the top and, for demo models, the warning again across the bottom (in place)."""
+    """The legend at the top and the warning again across the bottom (in place)."""
     _text_block(rgb, legend_lines(prediction, card), 0)
-    if card.demo:
-        rows, cols = rgb.shape[:2]
-        scale = _font_scale([NOT_FOR_DIAGNOSIS], cols, rows)
-        thickness = max(1, round(scale * 1.6))
-        block_h = int(cv2.getTextSize(NOT_FOR_DIAGNOSIS, FONT, scale, thickness)[0][1] * LINE_SPACING) + 2
-        _text_block(rgb, [(NOT_FOR_DIAGNOSIS, WARNING_COLOUR)], max(0, rows - block_h * 2))
+    rows, cols = rgb.shape[:2]
+    scale = _font_scale([NOT_FOR_DIAGNOSIS], cols, rows)
+    thickness = max(1, round(scale * 1.6))
+    block_h = int(cv2.getTextSize(NOT_FOR_DIAGNOSIS, FONT, scale, thickness)[0][1] * LINE_SPACING) + 2
+    _text_block(rgb, [(NOT_FOR_DIAGNOSIS, WARNING_COLOUR)], max(0, rows - block_h * 2))
 
 
 def render_overlay(labels: np.ndarray, prediction: Prediction, card: ModelCard, rgb: np.ndarray) -> np.ndarray:
@@ -265,7 +263,7 @@ def build_overlay(
     sc.SourceImageSequence = [_source_image_item(source)]
     sc.DerivationDescription = (
         f"Segmentation by {card.name} {card.version} burned into the displayed source: "
-        "V green, T1 red" + (f"; {NOT_FOR_DIAGNOSIS}" if card.demo else "")
+        f"V green, T1 red; {NOT_FOR_DIAGNOSIS}"
     )
     _copy_anatomy(sc, source)
     return sc
