@@ -321,6 +321,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.model_card import find_card
     from inference.training import evaluate_engine
 
+    if args.data:
+        return _evaluate_spineweb(args)
     try:
         card = find_card(args.model)
         source = (
@@ -341,6 +343,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{card.name} on {result['data']}: {result['n_images']} images")
         for cls, m in result["per_class"].items():
             print(f"  {cls:3s} IoU {m['iou']}  Dice {m['dice']}  (per-image mean IoU {m['iou_mean_per_image']})")
+    return 0
+
+
+def _evaluate_spineweb(args: argparse.Namespace) -> int:
+    from inference.engine import Engine
+    from inference.level_evaluation import evaluate_spineweb
+    from inference.model_card import find_card
+    from inference.spineweb import SpineWebError
+
+    kind, _, directory = args.data.partition(":")
+    if kind != "spineweb16" or not directory:
+        raise CLIError(f"--data takes spineweb16:DIR (got {args.data!r})")
+    try:
+        card = find_card(args.model)
+        engine = Engine(card)
+        result = evaluate_spineweb(engine, Path(directory), fit_quality=args.fit_quality, progress=not args.json)
+    except (KeyError, SpineWebError) as exc:
+        raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
+    if args.fit_quality:
+        card.quality_thresholds = result["quality_fit"]["thresholds"]
+    if args.record or args.fit_quality:
+        if args.record:
+            card.metrics[args.record] = result
+        card.save(card.directory)  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{card.name} on {result['data']}")
+        for cls, m in result["per_class"].items():
+            q = m["iou_per_image"]
+            print(
+                f"  {cls:3s} IoU {m['iou']}  Dice {m['dice']}  per-image IoU median {q['median_per_image']}"
+                f" p10 {q['p10_per_image']}"
+            )
+        print(f"  T1 found (IoU > 0.3) on {100 * result['t1_found_share']:.1f} % of images")
     return 0
 
 
@@ -461,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--seed", type=int, default=600000, help="first phantom seed (calibration only)")
     m.set_defaults(func=cmd_models)
 
-    t = sub.add_parser("train", help="train a model on phantoms or COCO data")
+    t = sub.add_parser("train", help="train a model on phantoms, COCO data or SpineWeb 16 (real radiographs)")
     t.add_argument("--arch", required=True)
     t.add_argument("--encoder", default="resnet50")
     t.add_argument("--data", required=True, help="phantom:N, coco:ANNOTATIONS.json:IMAGE_DIR or spineweb16:DIR")
@@ -482,11 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="spineweb16: continue from OUT/checkpoint.pt")
     t.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="IoU/Dice of a model against phantoms or COCO data")
+    ev = sub.add_parser("evaluate", help="IoU/Dice of a model against phantoms, COCO data or SpineWeb 16")
     ev.add_argument("--model", required=True)
     g = ev.add_mutually_exclusive_group(required=True)
     g.add_argument("--phantom", type=int, metavar="N")
     g.add_argument("--coco", metavar="ANN.json:IMAGE_DIR")
+    g.add_argument("--data", metavar="spineweb16:DIR", help="the fixed validation split of SpineWeb dataset 16")
+    ev.add_argument("--fit-quality", action="store_true", help="spineweb16: fit the quality flag, store in the card")
     ev.add_argument("--seed", type=int, default=500000, help="first phantom seed (default: never used in training)")
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--record", metavar="KEY", help="also store the result in the model card under metrics.KEY")

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inference.classes import NUM_CLASSES, SpineClass
+from inference.classes import SpineClass
+from inference.levels import LEVEL_CLASS_ORDER, group_probabilities, native_levels
 from inference.model_card import ModelCard
 from inference.onnx_runtime import OnnxRunner, default_runtime, prepare_onnx
 from inference.prediction import ClassStats, Prediction, class_stats, labels_at_native
 from inference.preprocess import PreparedImage, to_model_input
+from inference.quality import QualityThresholds, assess
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +34,7 @@ def load_module(card: ModelCard) -> torch.nn.Module:
 
     from inference.architectures import build_model  # segmentation-models-pytorch and timm: seconds to import
 
-    module = build_model(card.architecture, card.encoder)
+    module = build_model(card.architecture, card.encoder, classes=len(card.class_order))
     state = torch.load(card.weights_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state, strict=True)
     return module.eval()
@@ -55,8 +57,10 @@ class Engine:
             runtime = "torch" if module is not None else default_runtime()
         self._module = module.eval() if module is not None else None
         self._lock = threading.Lock()
-        offsets = card.logit_offsets or [0.0] * NUM_CLASSES
+        offsets = card.logit_offsets or [0.0] * len(card.class_order)
         self._offsets = np.asarray(offsets, np.float32).reshape(1, -1, 1, 1)
+        self._levels = tuple(card.class_order) == LEVEL_CLASS_ORDER  # 19 level classes, grouped to F/V/T1
+        self.thresholds = QualityThresholds.from_card(card.quality_thresholds)
         self._onnx: OnnxRunner | None = None
         self.runtime_info: dict[str, Any] = {"runtime": "torch", "requested": runtime}
         if runtime == "onnx":
@@ -87,13 +91,17 @@ class Engine:
             with torch.inference_mode():
                 return self.module(torch.from_numpy(batch)).numpy()
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax (N, C, H, W) at model resolution for a (N, 3, H, W) batch (logit offsets applied)."""
+    def class_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax (N, C, H, W) over the model's own classes (``card.class_order``), logit offsets applied."""
         z = self.logits(batch) + self._offsets  # a new float32 array: normalised in place
         z -= z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)
         return z
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax (N, 3, H, W) in SpineClass order (F, V, T1) at model resolution for a (N, 3, H, W) batch."""
+        return group_probabilities(self.class_probabilities(batch), self.card.class_order)
 
     def predict(
         self, prepared: PreparedImage, spacing_mm: tuple[float, float] | None = None, flip_agreement: bool = True
@@ -102,13 +110,25 @@ class Engine:
         rows, cols = prepared.shape
         x = to_model_input(prepared.image, self.card.input_size)
         batch = np.stack([x, x[:, :, ::-1]]) if flip_agreement else x[None]
-        probs = self.probabilities(np.ascontiguousarray(batch))
+        own = self.class_probabilities(np.ascontiguousarray(batch))
+        probs = group_probabilities(own, self.card.class_order)
         labels, conf = labels_at_native(probs[0], (rows, cols))
         flipped = labels_at_native(probs[1][:, :, ::-1], (rows, cols))[0] if flip_agreement else None
         classes = class_stats(labels, conf, spacing_mm, flipped)
+        levels = native_levels(own[0], labels) if self._levels else None
+        quality = assess(labels, classes, self.thresholds)
         elapsed = (time.perf_counter() - start) * 1000
         return Prediction(
-            labels, conf, classes, self.card.name, self.card.version, self.card.demo, elapsed, list(prepared.notes)
+            labels,
+            conf,
+            classes,
+            self.card.name,
+            self.card.version,
+            self.card.demo,
+            elapsed,
+            list(prepared.notes),
+            quality=quality,
+            levels=levels,
         )
 
 

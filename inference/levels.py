@@ -7,6 +7,7 @@ vertebra-level model mean exactly what they mean for a two-class model, and the 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from inference.classes import SpineClass
@@ -45,3 +46,15 @@ def group_probabilities(probs: np.ndarray, class_order: list[str] | tuple[str, .
     out[:, int(SpineClass.T1)] = probs[:, 1]
     out[:, int(SpineClass.V)] = probs[:, 2:].sum(axis=1)
     return out
+
+
+def native_levels(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Level labels at native size: the most probable level class (vertebra or disc) at model resolution,
+    nearest-resized, kept only where ``labels`` (native F/V/T1) is foreground and consistent with it."""
+    rows, cols = labels.shape
+    best = (probs[1:].argmax(axis=0) + 1).astype(np.uint8)  # among the level classes, background excluded
+    levels = cv2.resize(best, (cols, rows), interpolation=cv2.INTER_NEAREST)
+    levels[labels == int(SpineClass.F)] = 0
+    levels[labels == int(SpineClass.T1)] = 1
+    levels[(labels == int(SpineClass.V)) & (levels == 1)] = vertebra_label(1)  # V pixels are never T1
+    return levels

@@ -44,6 +44,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     cpu_forward_ms: float | None = None
     logit_offsets: list[float] | None = None  # per-class offsets added to logits (post-hoc calibration)
+    quality_thresholds: dict[str, float] | None = None  # inference.quality.QualityThresholds fitted on validation
     notes: str = ""
     directory: Path | None = field(default=None, compare=False, repr=False)
 

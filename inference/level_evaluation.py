@@ -1,0 +1,118 @@
+"""Evaluation on SpineWeb dataset 16's fixed validation split, at native resolution, and the quality flag's
+thresholds fitted there.
+
+Figures per class (V, T1): dataset-summed IoU and Dice, per-image median and 10th percentile; the share of
+images where T1 is found (IoU > 0.3); how many predictions the quality flag marks unreliable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from inference.engine import Engine
+from inference.levels import to_spine_labels
+from inference.metrics import OverlapSummary
+from inference.preprocess import PreparedImage
+from inference.quality import QualityFigures, QualityThresholds, figures, judge
+from inference.spineweb import SpineWeb
+
+T1_FOUND_IOU = 0.3  # T1 counts as found above this IoU (the issue's criterion)
+GOOD_V_IOU = 0.6  # a prediction the quality flag must pass: V IoU above this and T1 found
+FIT_MARGIN = 0.8  # fitted minimum = this fraction of the lowest figure among good predictions
+FLIP_MARGIN = 0.1  # fitted flip-Dice minimum = lowest good flip Dice minus this
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median_per_image": None, "p10_per_image": None}
+    return {
+        "median_per_image": round(float(np.median(values)), 4),
+        "p10_per_image": round(float(np.percentile(values, 10)), 4),
+    }
+
+
+def fit_thresholds(rows: list[tuple[QualityFigures, bool]]) -> QualityThresholds:
+    """Thresholds that pass every good validation prediction, with a margin."""
+    good = [f for f, ok in rows if ok]
+    if not good:
+        return QualityThresholds()
+    flips = [f.flip_dice for f in good if f.flip_dice is not None]
+    return QualityThresholds(
+        min_column_percent=round(FIT_MARGIN * min(f.column_percent for f in good), 4),
+        min_largest_share=round(FIT_MARGIN * min(f.largest_share for f in good), 4),
+        min_t1_share=round(FIT_MARGIN * min(f.t1_share for f in good), 5),
+        min_flip_dice=round(max(0.0, min(flips) - FLIP_MARGIN), 4) if flips else QualityThresholds().min_flip_dice,
+    )
+
+
+def evaluate_spineweb(
+    engine: Engine, data_dir: Path, fit_quality: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Figures of ``engine`` on the validation split (never trained on) of the SpineWeb directory."""
+    data = SpineWeb(data_dir)
+    _, val = data.split()
+    summary = OverlapSummary()
+    per_image: dict[str, dict[str, list[float]]] = {c: {"iou": [], "dice": []} for c in ("V", "T1")}
+    rows: list[tuple[QualityFigures, bool]] = []
+    flagged_good = flagged_bad = n_bad = 0
+    times: list[float] = []
+    for _, image, levels in tqdm(data.iter_samples(val), total=len(val), disable=not progress, desc="evaluate"):
+        pred = engine.predict(PreparedImage(image), None, flip_agreement=True)
+        times.append(pred.inference_ms)
+        ovs = summary.add(pred.labels, to_spine_labels(levels))
+        for c in ("V", "T1"):
+            per_image[c]["iou"].append(ovs[c].iou or 0.0)
+            per_image[c]["dice"].append(ovs[c].dice or 0.0)
+        good = (ovs["T1"].iou or 0.0) > T1_FOUND_IOU and (ovs["V"].iou or 0.0) > GOOD_V_IOU
+        rows.append((figures(pred.labels, pred.classes), good))
+        n_bad += not good
+        if not pred.quality.reliable:
+            flagged_good += good
+            flagged_bad += not good
+    per_class: dict[str, Any] = {}
+    for c in ("V", "T1"):
+        ov = summary.summed[c]
+        per_class[c] = {
+            "iou": round(ov.iou or 0.0, 4),
+            "dice": round(ov.dice or 0.0, 4),
+            "iou_per_image": _quantiles(per_image[c]["iou"]),
+            "dice_per_image": _quantiles(per_image[c]["dice"]),
+        }
+    t1 = per_image["T1"]["iou"]
+    excluded = len(data.exclusions)
+    result: dict[str, Any] = {
+        "model": engine.card.name,
+        "data": f"spineweb16 validation split ({len(val)} images; {excluded} of "
+        f"{len(data.records) + excluded} images excluded from the dataset for label defects)",
+        "n_images": len(val),
+        "per_class": per_class,
+        "t1_found_share": round(sum(v > T1_FOUND_IOU for v in t1) / max(1, len(t1)), 4),
+        "quality_flag": {
+            "thresholds": engine.thresholds.to_json(),
+            "flagged_unreliable": flagged_good + flagged_bad,
+            "flagged_among_good": flagged_good,
+            "flagged_among_poor": flagged_bad,
+            "poor_predictions": n_bad,
+        },
+        "median_predict_ms": round(float(np.median(times)), 1) if times else None,
+    }
+    if fit_quality:
+        fitted = fit_thresholds(rows)
+        flagged = [not judge(f, fitted).reliable for f, _ in rows]
+        result["quality_fit"] = {
+            "thresholds": fitted.to_json(),
+            "rule": f"pass every validation prediction with V IoU > {GOOD_V_IOU} and T1 IoU > {T1_FOUND_IOU}: "
+            f"{FIT_MARGIN} x the lowest column size, largest-piece share and T1 share among them, and their lowest "
+            f"flip Dice minus {FLIP_MARGIN}",
+            "flagged_among_good": sum(fl for fl, (_, ok) in zip(flagged, rows, strict=True) if ok),
+            "flagged_among_poor": sum(fl for fl, (_, ok) in zip(flagged, rows, strict=True) if not ok),
+            "poor_predictions": n_bad,
+        }
+        engine.thresholds = fitted
+        engine.card = replace(engine.card, quality_thresholds=fitted.to_json())
+    return result
