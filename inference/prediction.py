@@ -7,13 +7,16 @@ receiver, writers and web page load without it; the engine re-exports these name
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from inference.classes import FOREGROUND
 from inference.metrics import overlap
+
+if TYPE_CHECKING:
+    from inference.measure import Measurements
 
 SPINE = "Spine"  # figures of the union V or T1 (the SEG's "Spine" segment)
 
@@ -63,6 +66,7 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
     quality: Quality = field(default_factory=lambda: Quality(True))
     levels: np.ndarray | None = None  # uint8 (rows, columns) level labels (inference.levels) when the model has them
+    measurements: Measurements | None = None  # vertebrae, Cobb angles, T1 tilt (level models, reliable only)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +77,7 @@ class Prediction:
             "image_size": list(self.labels.shape),
             "classes": {k: v.to_json() for k, v in self.classes.items()},
             "quality": self.quality.to_json(),
+            "measurements": self.measurements.to_json() if self.measurements is not None else None,
             "notes": self.notes,
         }
 

@@ -1,0 +1,92 @@
+"""Level layout, quality flag, measurements from level labels, and training augmentation."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from inference.augment import Stored, augment
+from inference.cobb import endplate_tilt_deg
+from inference.levels import LEVEL_CLASS_ORDER, NUM_LEVEL_CLASSES, group_probabilities, native_levels
+from inference.measure import measure
+from inference.prediction import SPINE, class_stats
+from inference.quality import QualityFigures, QualityThresholds, assess, judge
+from inference.spineweb import SpineWeb, level_mask
+from tests.inference.test_spineweb import DATA
+
+
+@pytest.fixture(scope="module")
+def record_and_levels() -> tuple:
+    if not (DATA / "labels" / "landmarks.csv").is_file():
+        pytest.skip("shared SpineWeb data not present")
+    data = SpineWeb(DATA)
+    r = next(r for r in data.records if not r.repairs)
+    return data, r, level_mask(r.corners, r.size)
+
+
+def test_group_probabilities() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.random((2, NUM_LEVEL_CLASSES, 8, 4)).astype(np.float32)
+    z /= z.sum(axis=1, keepdims=True)
+    g = group_probabilities(z, LEVEL_CLASS_ORDER)
+    assert g.shape == (2, 3, 8, 4)
+    np.testing.assert_allclose(g.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(g[:, 2], z[:, 1])  # T1 is the T1 class
+    with pytest.raises(ValueError):
+        group_probabilities(z, ["a", "b"])
+
+
+def test_native_levels_agree_with_labels() -> None:
+    probs = np.zeros((NUM_LEVEL_CLASSES, 4, 2), np.float32)
+    probs[1, :2], probs[5, 2:] = 1.0, 1.0
+    labels = np.zeros((8, 4), np.uint8)
+    labels[:2], labels[2:6] = 2, 1  # T1 on top, then V
+    levels = native_levels(probs, labels)
+    assert (levels[:2] == 1).all() and (levels[6:] == 0).all()
+    assert set(np.unique(levels[2:6]).tolist()) <= {2, 5}  # V pixels are never T1
+
+
+def test_measurements_from_true_levels_match_the_dataset(record_and_levels: tuple) -> None:
+    _, r, levels = record_and_levels
+    m = measure(levels)
+    assert [v.name for v in m.vertebrae] == list(LEVEL_CLASS_ORDER[1:-1])
+    truth = [float(v) for v in list(csv.reader((DATA / "labels" / "angles.csv").open()))[r.index]]
+    assert len(m.cobb) == 3
+    assert abs(m.cobb[0].angle_deg - truth[0]) < 4.0  # masks reduced to rectangles: a few degrees at most
+    assert m.t1_tilt_deg == pytest.approx(endplate_tilt_deg(r.corners[0]), abs=3.0)
+    missing = levels.copy()
+    missing[missing == 9] = 0  # T9 gone: no Cobb angles, and the reason says so
+    m2 = measure(missing)
+    assert m2.cobb == [] and "T9" in m2.notes[0]
+
+
+def test_quality_flag() -> None:
+    t = QualityThresholds()
+    good = QualityFigures(column_percent=8.0, largest_share=0.99, t1_share=0.04, flip_dice=0.95)
+    assert judge(good, t).reliable
+    specks = QualityFigures(column_percent=0.1, largest_share=0.2, t1_share=0.0, flip_dice=0.02)
+    q = judge(specks, t)
+    assert not q.reliable and "too small" in q.statement and "flip Dice" in q.statement
+    no_t1 = QualityFigures(column_percent=8.0, largest_share=0.99, t1_share=0.0, flip_dice=0.95)
+    assert judge(no_t1, t).reasons == ["T1 not found"]
+    labels = np.zeros((100, 50), np.uint8)
+    labels[::10, ::10] = 1  # scattered specks
+    classes = class_stats(labels, np.ones_like(labels, np.float32), None, labels)
+    assert classes[SPINE].pixels == 50
+    assert not assess(labels, classes, t).reliable
+
+
+def test_augment_views(record_and_levels: tuple) -> None:
+    data, r, levels = record_and_levels
+    image = data.image(r)
+    stored = Stored((image[::4, ::4] * 255).astype(np.uint8), levels[::4, ::4])
+    rng = np.random.default_rng(3)
+    views = [augment(rng, stored, (96, 32)) for _ in range(30)]
+    for x, y in views:
+        assert x.shape == y.shape == (96, 32) and x.dtype == np.float32 and y.dtype == np.uint8
+        assert 0.0 <= x.min() and x.max() <= 1.0 and y.max() < NUM_LEVEL_CLASSES
+    assert sum(int((y > 0).any()) for _, y in views) >= 25  # the spine stays in view in almost every one
+    again = augment(np.random.default_rng(3), stored, (96, 32))
+    np.testing.assert_array_equal(again[1], views[0][1])  # seeded: reproducible
