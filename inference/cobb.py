@@ -1,17 +1,17 @@
 """Cobb angles and T1 tilt from vertebra corners, the way the AASCE 2019 challenge computes them.
 
 Each vertebra's direction is the vector from the midpoint of its left side (TL, BL) to the midpoint of
-its right side (TR, BR). The angle between two vertebrae is the angle between their directions (0..90
-degrees; more than 90 if they are that far apart). The main curve is the largest angle between any two vertebrae, its end vertebrae the pair
-that makes it (the upper one first). Two secondary angles follow from an S-curve test on the centre line
-(the endplate midpoints): the line's deviation from the chord between its first and last point changes
-sign on an S-shaped spine.
+its right side (TR, BR). The angle between two vertebrae is the angle between their directions (more
+than 90 degrees if they are that far apart, as in the challenge's code). The main curve is the largest
+angle between any two vertebrae, its end vertebrae the pair that makes it (the upper one first). Two
+secondary angles follow from an S-curve test on the centre line (the endplate midpoints): the line's
+deviation from the chord between its first and last point changes sign on an S-shaped spine.
 
 * Not S-shaped: the angle between T1 and the main curve's upper end vertebra, and between its lower end
   vertebra and L5.
 * S-shaped, main curve in the upper half of the image (the mean height of its end vertebrae's lower
-  endplates above the middle): the largest angle between the upper end vertebra and any vertebra above it, and between the
-  lower end vertebra and any vertebra below it.
+  endplates above the middle): the largest angle between the upper end vertebra and any vertebra above
+  it, and between the lower end vertebra and any vertebra below it.
 * S-shaped, main curve in the lower half: the largest angle between the upper end vertebra and any
   vertebra above it, then between that vertebra and any vertebra above it.
 
