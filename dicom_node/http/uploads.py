@@ -214,6 +214,8 @@ def segment_upload(
         "image_size": summary["image_size"],
         "classes": summary["classes"],  # per class: pixels, coverage_percent, area, mean_confidence, flip_*
         "flip_agreement": flip_agreement,  # agreement with the prediction on the mirrored image: not an accuracy
+        "quality": summary["quality"],  # {"reliable", "reasons"}: unreliable predictions are not results
+        "measurements": summary["measurements"],  # cobb [{angle_deg, upper, lower}], t1_tilt_deg; None if unmeasured
         "notes": summary["notes"],
         "timing_ms": {"inference": summary["inference_ms"], "total": round(total_ms, 1)},
         "files": files,

@@ -2,7 +2,7 @@
 // Plain JavaScript, no build step, nothing loaded from elsewhere.
 "use strict";
 
-const DEMO_LABEL = "synthetic-trained — not for diagnostic use";
+const COBB_NAMES = ["Cobb angle, main curve", "Cobb angle, second curve", "Cobb angle, third curve"];
 const REFRESH_MS = 5000;
 const CLASS_ORDER = ["V", "T1", "Spine"];
 
@@ -60,7 +60,8 @@ function selectedModel() {
 
 function showModelWarning() {
   const model = selectedModel();
-  $("model-warning").hidden = !(model && model.demo);
+  $("model-warning").textContent = model ? model.disclaimer : "";
+  $("model-warning").hidden = !(model && model.disclaimer);
 }
 
 async function loadModels() {
@@ -92,9 +93,36 @@ function clearResult() {
   setStatus("");
 }
 
+function showQuality(quality, measurements) {
+  const q = $("quality");
+  const reliable = !quality || quality.reliable;
+  q.textContent = reliable
+    ? ""
+    : `No reliable segmentation was obtained: ${quality.reasons.join("; ")}. The mask is not a result.`;
+  q.className = reliable ? "quality" : "quality unreliable";
+  q.hidden = reliable;
+  const rows = [];
+  if (reliable && measurements) {
+    measurements.cobb.forEach((c, i) =>
+      rows.push(el("tr", { dataset: { measurement: `cobb-${i}` } },
+        el("td", {}, COBB_NAMES[i] || `Cobb angle ${i + 1}`), el("td", {}, `${fmt(c.angle_deg, 1)}°`),
+        el("td", {}, `${c.upper}–${c.lower}`))));
+    if (measurements.t1_tilt_deg !== null) {
+      rows.push(el("tr", { dataset: { measurement: "t1-tilt" } },
+        el("td", { title: measurements.t1_tilt_convention }, "T1 tilt"),
+        el("td", {}, `${fmt(measurements.t1_tilt_deg, 1)}°`), el("td", {}, "T1")));
+    }
+    for (const note of measurements.notes) rows.push(el("tr", {}, el("td", { colspan: 3 }, note)));
+  }
+  $("measurements").querySelector("tbody").replaceChildren(...rows);
+  $("measurements").hidden = !rows.length;
+}
+
 function showResult(r) {
   $("result-model").textContent = `${r.model.display_name || r.model.name} (${r.model.name} ${r.model.version})`;
-  $("result-warning").hidden = !r.model.demo;
+  $("result-warning").textContent = r.model.disclaimer || "";
+  $("result-warning").hidden = !r.model.disclaimer;
+  showQuality(r.quality, r.measurements);
   $("result-timing").textContent =
     `${r.input.kind.toUpperCase()} ${r.input.columns}×${r.input.rows} · inference ${fmt(r.timing_ms.inference, 0)} ms · total ${fmt(r.timing_ms.total, 0)} ms`;
   $("original").src = r.urls.original;
@@ -181,7 +209,9 @@ function deliveryCell(job) {
 }
 
 function jobRow(job) {
-  const demo = state.models.find((m) => m.name === job.model && m.demo);
+  const model = state.models.find((m) => m.name === job.model);
+  const quality = job.metrics && job.metrics.quality;
+  const cobb = job.metrics && job.metrics.measurements ? job.metrics.measurements.cobb : [];
   const thumb = job.urls.thumbnail
     ? el("a", { href: job.urls.sc || job.urls.thumbnail }, el("img", { src: job.urls.thumbnail, alt: `overlay of job ${job.id}`, loading: "lazy" }))
     : "—";
@@ -189,7 +219,9 @@ function jobRow(job) {
     el("td", {}, job.id),
     el("td", {}, (job.received_at || "").replace("T", " ").replace(/\.\d+Z$/, "Z")),
     el("td", { class: `state-${job.state}` }, job.state),
-    el("td", {}, job.model, demo ? el("div", { class: "warning" }, DEMO_LABEL) : null),
+    el("td", {}, job.model, model ? el("div", { class: "warning" }, model.disclaimer) : null,
+      quality && !quality.reliable ? el("div", { class: "quality unreliable" }, "no reliable segmentation") : null,
+      cobb.length ? el("div", {}, `Cobb ${cobb.map((c) => `${fmt(c.angle_deg, 0)}° ${c.upper}–${c.lower}`).join(", ")}`) : null),
     el("td", {}, job.inference_ms ? `${fmt(job.inference_ms, 0)} ms` : "—"),
     el("td", {}, thumb),
     el("td", {}, deliveryCell(job)),
