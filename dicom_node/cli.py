@@ -33,7 +33,7 @@ def _configure_logging(verbose: bool) -> None:
 
 # --- node ------------------------------------------------------------------------------------------
 def _node_config(args: argparse.Namespace) -> Any:
-    from dicom_node.config import ConfigError, Destination, load_config
+    from dicom_node.config import ConfigError, Destination, load_config, parse_destination
 
     tls_destinations = getattr(args, "tls_destination", None) or []
     tls_paths = {k: Path(v) for k in ("tls_cert", "tls_key", "tls_ca") if (v := getattr(args, k, None))}
@@ -45,7 +45,7 @@ def _node_config(args: argparse.Namespace) -> Any:
             bind=getattr(args, "bind", None),
             data_dir=Path(args.data_dir) if args.data_dir else None,
             destinations=tuple(
-                Destination.parse(d) for d in [*(getattr(args, "destination", None) or []), *tls_destinations]
+                parse_destination(d) for d in [*(getattr(args, "destination", None) or []), *tls_destinations]
             ),
             model=getattr(args, "model", None),
             allowed_calling_aes=tuple(getattr(args, "allow_calling_ae", None) or []),
@@ -411,7 +411,12 @@ def _node_flags(p: argparse.ArgumentParser, serve: bool = False, worker: bool = 
         p.add_argument("--workers", type=int, help="inference threads in this worker process (default 1)")
     if serve:
         p.add_argument("--bind", help="listen address (default 0.0.0.0)")
-        p.add_argument("--destination", action="append", metavar="AE@HOST:PORT", help="repeatable")
+        p.add_argument(
+            "--destination",
+            action="append",
+            metavar="AE@HOST:PORT|stow+https://HOST/PATH",
+            help="C-STORE or DICOMweb STOW-RS destination (repeatable)",
+        )
         p.add_argument("--model")
         p.add_argument("--allow-calling-ae", action="append", metavar="AE", help="repeatable")
         p.add_argument("--workers", type=int, help="inference threads")

@@ -13,6 +13,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dicom_node.config_web import (
+    HTTP_SESSION_S,
+    ConfigError,
+    HttpToken,
+    HttpUser,
+    StowDestination,
+    StowSettings,
+    check_keys,
+    is_loopback,
+    typed,
+    unique_names,
+)
+
 CONFIG_ENV = "SPINENODE_CONFIG"
 DB_URL_ENV = "SPINENODE_DB_URL"  # the database URL (see dicom_node.database)
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "node.toml"
@@ -40,10 +53,6 @@ LEASE_S = 30.0  # a claimed job/delivery whose worker sent no heartbeat for this
 KEEP_OPEN_S = 5.0  # an association to a destination is released after this long unused (0: per pass)
 
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used."""
 
 
 def _check_ae(ae: str) -> str:
@@ -74,12 +83,22 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+AnyDestination = Destination | StowDestination
+
+
+def parse_destination(spec: str) -> AnyDestination:
+    """``AE@HOST:PORT`` (C-STORE) or ``stow+https://HOST[:PORT]/PATH`` (DICOMweb STOW-RS)."""
+    if spec.strip().startswith("stow+"):
+        return StowDestination.parse(spec)
+    return Destination.parse(spec)
+
+
 @dataclass(frozen=True)
 class Route:
     """Which model and destinations serve an instance. Empty criteria match anything."""
 
     model: str
-    destinations: tuple[Destination, ...] = ()
+    destinations: tuple[AnyDestination, ...] = ()
     called_ae: str | None = None
     calling_ae: str | None = None
     modality: str | None = None
@@ -104,7 +123,7 @@ class NodeConfig:
     port: int = DEFAULT_PORT
     data_dir: Path = DEFAULT_DATA_DIR
     model: str = DEFAULT_MODEL
-    destinations: tuple[Destination, ...] = ()
+    destinations: tuple[AnyDestination, ...] = ()
     routes: tuple[Route, ...] = ()  # extra routes, tried in order before the default route
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE
     workers: int = DEFAULT_WORKERS
@@ -133,6 +152,26 @@ class NodeConfig:
     # the web page and REST API ([http] in the TOML, dicom_node.http) in the same process; port 0: off
     http_host: str = DEFAULT_HTTP_HOST
     http_port: int = DEFAULT_HTTP_PORT
+    # who may use it ([[http.users]], [[http.tokens]]): required beyond loopback, optional on loopback
+    http_users: tuple[HttpUser, ...] = ()
+    http_tokens: tuple[HttpToken, ...] = ()
+    http_session_s: float = HTTP_SESSION_S  # a web page login lasts this long
+    http_tls_cert: Path | None = None  # PEM certificate and key: the HTTP server speaks HTTPS only
+    http_tls_key: Path | None = None
+    # [[dicomweb.destinations]]: credentials, CA and timeout of STOW-RS destinations (dicom_node.dicomweb)
+    stow_settings: tuple[StowSettings, ...] = ()
+
+    @property
+    def http_auth_required(self) -> bool:
+        """Whether HTTP requests need credentials: some are configured, or the server is beyond loopback."""
+        return bool(self.http_users or self.http_tokens) or not is_loopback(self.http_host)
+
+    def stow(self, dest: StowDestination) -> StowSettings:
+        """The settings of a STOW-RS destination (defaults: no authentication, TLS verified)."""
+        for settings in self.stow_settings:
+            if settings.destination == dest:
+                return settings
+        return StowSettings(dest)
 
     @property
     def db_path(self) -> Path:
@@ -201,7 +240,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     if "data_dir" in node:
         out["data_dir"] = Path(node["data_dir"])
     if "destinations" in node:
-        out["destinations"] = tuple(Destination.parse(d) for d in node["destinations"])
+        out["destinations"] = tuple(parse_destination(d) for d in _strings(node, "destinations", "[node]"))
     if "allowed_calling_aes" in node:
         out["allowed_calling_aes"] = tuple(_check_ae(a) for a in node["allowed_calling_aes"])
     retry = raw.get("retry", {})
@@ -227,13 +266,11 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     unknown_tls = set(tls) - {"cert", "key", "ca", "require_client_cert", "destinations"}
     if unknown_tls:
         raise ConfigError(f"unknown [tls] keys: {', '.join(sorted(unknown_tls))}")
-    http = raw.get("http", {})
-    for key in ("host", "port"):
-        if key in http:
-            out[f"http_{key}"] = http[key]
-    unknown_http = set(http) - {"host", "port"}
-    if unknown_http:
-        raise ConfigError(f"unknown [http] keys: {', '.join(sorted(unknown_http))}")
+    out |= _http_from_toml(raw.get("http", {}))
+    dicomweb = check_keys(raw.get("dicomweb", {}), {"destinations"}, "[dicomweb]")
+    stow = typed(dicomweb, "destinations", list, "[dicomweb]", [])
+    if stow:
+        out["stow_settings"] = tuple(StowSettings.from_toml(t, i) for i, t in enumerate(stow))
     database = raw.get("database", {})
     if database.get("url"):
         out["db_url"] = str(database["url"])
@@ -250,7 +287,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         routes.append(
             Route(
                 model=r["model"],
-                destinations=tuple(Destination.parse(d) for d in r.get("destinations", [])),
+                destinations=tuple(parse_destination(d) for d in _strings(r, "destinations", "[[routes]]")),
                 called_ae=r.get("called_ae"),
                 calling_ae=r.get("calling_ae"),
                 modality=r.get("modality"),
@@ -266,6 +303,56 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
+    values = typed(table, key, list, where, [])
+    if not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{where} {key} must be a list of strings")
+    return list(values)
+
+
+def _http_from_toml(http: Any) -> dict[str, Any]:
+    """``[http]``: host, port, session_hours, cert, key, and the ``users`` and ``tokens`` arrays."""
+    where = "[http]"
+    check_keys(http, {"host", "port", "session_hours", "cert", "key", "users", "tokens"}, where)
+    out: dict[str, Any] = {}
+    if "host" in http:
+        out["http_host"] = typed(http, "host", str, where)
+    if "port" in http:
+        out["http_port"] = typed(http, "port", int, where)
+    if "session_hours" in http:
+        out["http_session_s"] = float(typed(http, "session_hours", (int, float), where)) * 3600
+    for key in ("cert", "key"):
+        if typed(http, key, str, where):
+            out[f"http_tls_{key}"] = Path(http[key])
+    users = typed(http, "users", list, where, [])
+    tokens = typed(http, "tokens", list, where, [])
+    if users:
+        out["http_users"] = tuple(HttpUser.from_toml(t, i) for i, t in enumerate(users))
+    if tokens:
+        out["http_tokens"] = tuple(HttpToken.from_toml(t, i) for i, t in enumerate(tokens))
+    return out
+
+
+def _check_http(cfg: NodeConfig) -> None:
+    if cfg.http_port and not is_loopback(cfg.http_host) and not (cfg.http_users or cfg.http_tokens):
+        raise ConfigError(
+            f"the HTTP server would listen on {cfg.http_host}, beyond loopback, without authentication: "
+            "configure [[http.users]] or [[http.tokens]] (see README), or listen on 127.0.0.1"
+        )
+    if cfg.http_session_s <= 0:
+        raise ConfigError("[http] session_hours must be positive")
+    if (cfg.http_tls_cert is None) != (cfg.http_tls_key is None):
+        raise ConfigError("[http] give both cert and key, or neither")
+    for path in (cfg.http_tls_cert, cfg.http_tls_key):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"[http] TLS file not found: {path}")
+    unique_names(cfg.http_users, "[[http.users]]")
+    unique_names(cfg.http_tokens, "[[http.tokens]]")
+    urls = [str(s.destination) for s in cfg.stow_settings]
+    if len(set(urls)) != len(urls):
+        raise ConfigError("[[dicomweb.destinations]]: each url once")
+
+
 def _validated(cfg: NodeConfig) -> NodeConfig:
     _check_ae(cfg.ae_title)
     if not 0 <= cfg.port < 65536:
@@ -279,6 +366,7 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
     if not 0.0 <= cfg.accuracy_alert_below <= 1.0 or cfg.accuracy_recent < 1:
         raise ConfigError("metrics settings: need 0 <= alert_below <= 1 and recent >= 1")
     _check_tls(cfg)
+    _check_http(cfg)
     if cfg.lease_s < 1:
         raise ConfigError("database lease_s must be at least 1 second")
     if cfg.db_url is not None:
@@ -302,4 +390,14 @@ def _check_tls(cfg: NodeConfig) -> None:
             raise ConfigError(f"TLS: {name.replace('_', ' ')} file not found: {path}")
 
 
-__all__ = ["ConfigError", "Destination", "NodeConfig", "Route", "field", "load_config"]
+__all__ = [
+    "AnyDestination",
+    "ConfigError",
+    "Destination",
+    "NodeConfig",
+    "Route",
+    "StowDestination",
+    "field",
+    "load_config",
+    "parse_destination",
+]

@@ -1,9 +1,11 @@
-"""Delivery of results: C-STORE to each destination, retried with persisted exponential backoff.
+"""Delivery of results: C-STORE or STOW-RS to each destination, retried with persisted exponential backoff.
 
-Results go out on an association kept open per destination (``dicom_node.associations``).
+Results go out on an association kept open per DIMSE destination (``dicom_node.associations``), or as
+one STOW-RS request per pass to a DICOMweb destination (``dicom_node.dicomweb.client``).
 Pending deliveries live in the database with their next attempt time, so an outage or a restart only
 delays them. Each attempt is recorded (status, error, duration). After ``retry_max_attempts`` a delivery
-is marked failed with the peer's last status/reason; ``spinenode retry --failed`` queues it again.
+is marked failed with the peer's last status/reason - at once when the peer's answer will not change on
+retry (a STOW-RS 4xx such as 401 or 404); ``spinenode retry --failed`` queues it again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from sqlalchemy import or_, select, update
 from dicom_node import tls
 from dicom_node.associations import Connections
 from dicom_node.audit import AuditDB, DeliveryAttempt, DeliveryRecord, DeliveryState, OutputRecord, utcnow
-from dicom_node.config import Destination, NodeConfig
+from dicom_node.config import Destination, NodeConfig, StowDestination, parse_destination
+from dicom_node.dicomweb.client import Outcome, StowClient
 from dicom_node.leases import WorkerIdentity, lease_until
 from dicom_node.status import is_delivered
 
@@ -43,6 +46,7 @@ class Sender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connections = Connections(config.ae_title, config.dimse_timeout_s, config.keep_open_s)
+        self.stow = StowClient()
 
     def notify(self) -> None:
         with self._wake:
@@ -58,6 +62,7 @@ class Sender:
         if self._thread:
             self._thread.join(timeout)
         self.connections.close_all()
+        self.stow.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -103,17 +108,22 @@ class Sender:
         for dest, items in by_dest.items():
             if self._stop.is_set():
                 break
-            self._deliver(Destination.parse(dest), items)
+            self._deliver(dest, items)
         return len(due)
 
-    def _deliver(self, dest: Destination, items: list[tuple[int, str]]) -> None:
+    def _send(self, dest: Destination | StowDestination, paths: list[str]) -> list[Outcome]:
+        if isinstance(dest, StowDestination):
+            return self.stow.send(self.config.stow(dest), paths)
+        results = self.connections.send(dest, paths, tls.client_args(self.config, dest))
+        return [Outcome(status, error) for status, error in results]
+
+    def _deliver(self, dest_spec: str, items: list[tuple[int, str]]) -> None:
         start = time.perf_counter()
         try:
-            paths = [p for _, p in items]
-            tls_args = tls.client_args(self.config, dest)
-            results = self.connections.send(dest, paths, tls_args)
-        except Exception as exc:  # unreadable output file, socket errors
-            results = [(None, f"{type(exc).__name__}: {exc}")] * len(items)
+            dest = parse_destination(dest_spec)
+            results = self._send(dest, [p for _, p in items])
+        except Exception as exc:  # unreadable output file, socket errors, a destination no longer valid
+            results = [Outcome(None, f"{type(exc).__name__}: {exc}")] * len(items)
         elapsed = (time.perf_counter() - start) * 1000 / max(len(items), 1)
         with self.db.session() as s:
             ids = [delivery_id for delivery_id, _ in items]
@@ -121,7 +131,8 @@ class Sender:
                 select(DeliveryRecord).where(DeliveryRecord.id.in_(ids)).order_by(DeliveryRecord.id).with_for_update()
             )
             rows = {d.id: d for d in locked}  # one statement locks the batch (in id order: no deadlock)
-            for (delivery_id, _), (status, error) in zip(items, results, strict=True):
+            for (delivery_id, _), outcome in zip(items, results, strict=True):
+                status, error = outcome.status, outcome.error
                 d = rows[delivery_id]
                 s.add(DeliveryAttempt(delivery_id=d.id, status=status, error=error, duration_ms=round(elapsed, 1)))
                 if d.lease_owner not in (None, str(self.identity)) or d.state != DeliveryState.PENDING:
@@ -132,15 +143,15 @@ class Sender:
                 if status is not None and is_delivered(status):
                     d.state = DeliveryState.DELIVERED
                     d.delivered_at = utcnow()
-                elif d.attempts >= self.config.retry_max_attempts:
+                elif outcome.permanent or d.attempts >= self.config.retry_max_attempts:
                     d.state = DeliveryState.FAILED
-                    log.warning("delivery %d to %s failed for good: %s", d.id, dest, error or f"status 0x{status:04X}")
+                    why = error or f"status 0x{status:04X}"
+                    log.warning("delivery %d to %s failed for good: %s", d.id, dest_spec, why)
                 else:
                     delay = backoff_s(d.attempts, self.config.retry_initial_s, self.config.retry_max_s)
                     d.next_attempt_at = utcnow() + timedelta(seconds=delay)
-                    log.info(
-                        "delivery %d to %s: %s; retry in %.0f s", d.id, dest, error or f"status 0x{status:04X}", delay
-                    )
+                    why = error or f"status 0x{status:04X}"
+                    log.info("delivery %d to %s: %s; retry in %.0f s", d.id, dest_spec, why, delay)
 
 
 def requeue_deliveries(db: AuditDB, include_failed: bool) -> int:

@@ -13,6 +13,9 @@ Routes:
   (one job: with every delivery attempt); ``GET /api/jobs/{id}/overlay.png``: the job's overlay SC as a
   PNG thumbnail; ``GET /api/jobs/{id}/outputs/{seg|sr|sc}``: the output file.
 - ``GET /metrics``: Prometheus text format.
+- ``POST /dicom-web/studies[/{study}]``: STOW-RS into the node (``dicom_node.http.stow``).
+- ``GET /login``, ``POST /login``, ``POST /logout``: the page's login (``dicom_node.http.auth``), which
+  guards every other route when credentials are configured or the server listens beyond loopback.
 
 Blocking work (inference, SQLite, file reads) runs in the thread pool, never on the event loop. Errors
 are JSON ``{"detail": "plain message"}`` with a 4xx status; an unexpected error is a 500 and is logged.
@@ -37,6 +40,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from dicom_node.audit import OutputKind
+from dicom_node.config_web import is_loopback
+from dicom_node.http import auth
+from dicom_node.http.stow import add_stow_routes
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES, SegmentRequest, UploadError, result_path, segment_upload
 from dicom_node.http.views import Histogram, Thumbnails, job_detail, output_path, prometheus_text
 from dicom_node.report import recent_jobs
@@ -89,9 +95,15 @@ def _too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"file too large: the limit is {limit // 2**20} MiB")
 
 
-def build_app(node: Node, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+def build_app(
+    node: Node, max_upload_bytes: int = MAX_UPLOAD_BYTES, host: str | None = None, https: bool = False
+) -> FastAPI:
+    """The app; ``host`` is where it listens (default: the config's): beyond loopback it needs credentials."""
     app = FastAPI(title="SpineNode", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.node = node
+    config = node.config
+    required = bool(config.http_users or config.http_tokens) or not is_loopback(host or config.http_host)
+    auth.install(app, config, node.db, required, secure_cookie=https)  # inside the headers middleware below
     thumbnails = Thumbnails()
     upload_times = Histogram()
     segmenting = asyncio.Semaphore(SEGMENT_CONCURRENCY)
@@ -245,6 +257,8 @@ def build_app(node: Node, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
             filename=f"job-{job_id}-{kind}.dcm",
             headers={"Cache-Control": IMMUTABLE},
         )
+
+    add_stow_routes(app, node, max_upload_bytes)
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:

@@ -1,5 +1,8 @@
 """uvicorn in a thread of ``spinenode serve``: the web page and REST API next to the DICOM listener.
 
+Beyond loopback the server needs credentials in the configuration (``dicom_node.http.auth``):
+:class:`InsecureServer` otherwise. With ``[http] cert`` and ``key`` it speaks HTTPS only.
+
 ``bind`` opens the socket first (an address in use is an error before the node starts), ``start``
 serves on it after the node has started, ``stop`` closes it (open requests get a few seconds) before the
 node stops. uvicorn installs no signal handlers outside the main thread: the CLI's handlers stop both.
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from dicom_node.config_web import is_loopback
 from dicom_node.http.app import build_app
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES
 
@@ -29,11 +33,22 @@ KEEP_ALIVE_S = 5
 MAX_CONNECTIONS = 64  # beyond this uvicorn answers 503
 
 
+class InsecureServer(ValueError):
+    """The server would listen beyond loopback without any credential configured."""
+
+
 class HttpServer:
     def __init__(self, node: Node, host: str, port: int, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+        config = node.config
+        if not is_loopback(host) and not (config.http_users or config.http_tokens):
+            raise InsecureServer(
+                f"refusing to serve HTTP on {host} without authentication: configure [[http.users]] or "
+                "[[http.tokens]], or listen on 127.0.0.1"
+            )
         self.host = host
         self.port = port
-        self.app = build_app(node, max_upload_bytes)
+        self.tls = (config.http_tls_cert, config.http_tls_key) if config.http_tls_cert else None
+        self.app = build_app(node, max_upload_bytes, host=host, https=self.tls is not None)
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -41,7 +56,7 @@ class HttpServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
 
     def bind(self) -> int:
         """Open and bind the listening socket; returns the port (raises OSError)."""
@@ -72,6 +87,8 @@ class HttpServer:
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             limit_concurrency=MAX_CONNECTIONS,
+            ssl_certfile=str(self.tls[0]) if self.tls else None,
+            ssl_keyfile=str(self.tls[1]) if self.tls else None,
         )
         self._server = uvicorn.Server(config)
         sockets = [self._socket]
