@@ -102,11 +102,11 @@ class StowClient:
     """Sends files to STOW-RS destinations; thread-safe (the sender thread uses it)."""
 
     def __init__(self) -> None:
-        self._clients: dict[StowDestination, httpx.Client] = {}
+        self._clients: dict[StowSettings, httpx.Client] = {}  # one per destination and its settings
         self._lock = threading.Lock()
 
     def _client(self, settings: StowSettings) -> httpx.Client:
-        client = self._clients.get(settings.destination)
+        client = self._clients.get(settings)
         if client is None:
             verify: ssl.SSLContext | bool = False
             if settings.verify_tls:
@@ -120,7 +120,7 @@ class StowClient:
             client = httpx.Client(
                 verify=verify, auth=auth, headers=headers, timeout=settings.timeout_s, follow_redirects=False
             )
-            self._clients[settings.destination] = client
+            self._clients[settings] = client
         return client
 
     def send(self, settings: StowSettings, paths: list[str]) -> list[Outcome]:
@@ -155,7 +155,7 @@ class StowClient:
         except httpx.HTTPError as exc:  # connection refused, TLS verification, timeouts
             error = f"{type(exc).__name__}: {exc}"
             log.info("STOW-RS to %s: %s", dest, error)
-            self._drop(dest)
+            self._drop(settings)
             return {i: Outcome(None, error) for i, _ in batch}
         if rsp.status_code not in (HTTPStatus.OK, HTTPStatus.ACCEPTED, HTTPStatus.CONFLICT):
             outcome = _http_error(rsp, dest)
@@ -176,15 +176,15 @@ class StowClient:
                 out[i] = Outcome(None, f"HTTP {rsp.status_code}: the response does not name the instance")
         return out
 
-    def _drop(self, dest: StowDestination) -> None:
-        client = self._clients.pop(dest, None)
+    def _drop(self, settings: StowSettings) -> None:
+        client = self._clients.pop(settings, None)
         if client is not None:
             client.close()
 
     def close(self) -> None:
         with self._lock:
-            for dest in list(self._clients):
-                self._drop(dest)
+            for settings in list(self._clients):
+                self._drop(settings)
 
 
 def _read(path: str) -> _File:
