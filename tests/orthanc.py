@@ -9,6 +9,7 @@ with ``urllib``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -80,6 +81,8 @@ class OrthancServer:
         lua_scripts: tuple[Path, ...] = (),
         ae_title: str = ORTHANC_AE,
         dicom_port: int | None = None,
+        user: tuple[str, str] | None = None,
+        dicomweb_servers: dict[str, Any] | None = None,
     ) -> None:
         self.folder = folder
         self.ae_title = ae_title
@@ -88,6 +91,7 @@ class OrthancServer:
         self.base_url = f"http://127.0.0.1:{self.http_port}"
         self.log_path = folder / "orthanc.log"
         self.config_path = folder / "orthanc.json"
+        self.user = user  # (name, password): HTTP basic authentication required, used by the REST helpers
         folder.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "SpineNode test PACS",
@@ -98,7 +102,8 @@ class OrthancServer:
             "DicomAet": ae_title,
             "DicomCheckCalledAet": True,
             "RemoteAccessAllowed": False,  # HTTP from this host only
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": user is not None,
+            "RegisteredUsers": dict([user]) if user else {},
             "WebDavEnabled": False,
             "HttpCompressionEnabled": False,
             "DicomAlwaysAllowStore": True,  # the node stores its results from its own AE title
@@ -107,7 +112,7 @@ class OrthancServer:
             "DicomModalities": {name: m.to_json() for name, m in (modalities or {}).items()},
             "LuaScripts": [str(p) for p in lua_scripts],
             "Plugins": [str(dicomweb_plugin())],
-            "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT},
+            "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT, "Servers": dicomweb_servers or {}},
         }
         self.config_path.write_text(json.dumps(config, indent=2))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -160,6 +165,7 @@ class OrthancServer:
         """Call the REST API; JSON in and out (``raw`` sends bytes, e.g. a DICOM file)."""
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        self._authorize(req)
         if raw is not None:
             req.add_header("Content-Type", "application/dicom")
         elif body is not None:
@@ -167,6 +173,11 @@ class OrthancServer:
         with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as rsp:
             payload = rsp.read()
         return json.loads(payload) if payload else None
+
+    def _authorize(self, req: urllib.request.Request) -> None:
+        if self.user is not None:
+            token = base64.b64encode(":".join(self.user).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -191,6 +202,7 @@ class OrthancServer:
     def _lookup(self, uid: str) -> list[dict[str, Any]]:
         """``/tools/lookup`` takes the bare UID as its body (not JSON)."""
         req = urllib.request.Request(self.base_url + "/tools/lookup", data=uid.encode(), method="POST")
+        self._authorize(req)
         with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as rsp:
             return list(json.loads(rsp.read()))
 
