@@ -23,7 +23,8 @@ run: setup
 # dcmtk and dciodvfy (every test), Orthanc with its DICOMweb plugin (tests/dicom_node/test_orthanc.py),
 # Node.js and npm (tests/dicom_node/test_viewers.py runs OHIF's readers; npm ci installs them),
 # Chromium (tests/dicom_node/test_http_browser.py drives the web page with playwright-core; no download),
-# PostgreSQL's server binaries (tests/dicom_node/test_postgres.py starts a throwaway cluster: initdb, pg_ctl).
+# PostgreSQL's server binaries (tests/dicom_node/test_postgres.py starts a throwaway cluster: initdb, pg_ctl),
+# PixelMed's validators (pixelmed-apps with java: tests/pixelmed.py, a second validator beside dciodvfy).
 debian-tools:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
@@ -35,6 +36,7 @@ debian-tools:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	test -f /usr/share/java/pixelmed.jar || missing="$$missing pixelmed-apps"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

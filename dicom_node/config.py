@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pydicom.charset import python_encoding
+
 from dicom_node.config_web import (
     HTTP_SESSION_S,
     ConfigError,
@@ -31,6 +33,8 @@ DB_URL_ENV = "SPINENODE_DB_URL"  # the database URL (see dicom_node.database)
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "node.toml"
 
 DEFAULT_AE_TITLE = "SPINENODE"
+# Latin-1: how undeclared non-ASCII text in a source is read by default (Orthanc's DefaultEncoding too)
+DEFAULT_CHARACTER_SET = "ISO_IR 100"
 DEFAULT_BIND = "0.0.0.0"  # listen on every interface, as a DICOM node normally does
 DEFAULT_PORT = 11112  # the registered DICOM port (PS3.8 Annex G) that needs no root
 DEFAULT_DATA_DIR = Path("./var")  # instance files, outputs and the SQLite audit database
@@ -138,6 +142,9 @@ class NodeConfig:
     dimse_timeout_s: float = DIMSE_TIMEOUT_S
     keep_open_s: float = KEEP_OPEN_S
     flip_agreement: bool = True
+    # how text a source sends without Specific Character Set is read when it is not ASCII (a DICOM defined
+    # term, as Orthanc's DefaultEncoding; the outputs then declare UTF-8): dicom_node.writers.source
+    default_character_set: str = DEFAULT_CHARACTER_SET
     accuracy_alert_below: float = ACCURACY_ALERT_BELOW
     accuracy_recent: int = ACCURACY_RECENT
     # DICOM over TLS ([tls] in the TOML, dicom_node.tls): certificate and key (PEM) make the SCP TLS-only
@@ -234,6 +241,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         "dimse_timeout_s",
         "keep_open_s",
         "flip_agreement",
+        "default_character_set",
     }
     for key in simple & node.keys():
         out[key] = node[key]
@@ -365,6 +373,11 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError("retry settings: need 0 < initial_s <= max_s and max_attempts >= 1")
     if not 0.0 <= cfg.accuracy_alert_below <= 1.0 or cfg.accuracy_recent < 1:
         raise ConfigError("metrics settings: need 0 <= alert_below <= 1 and recent >= 1")
+    if cfg.default_character_set not in python_encoding:
+        raise ConfigError(
+            f"default_character_set {cfg.default_character_set!r} is not a DICOM character set "
+            '(a defined term of Specific Character Set, e.g. "ISO_IR 100" for Latin-1, "ISO_IR 192" for UTF-8)'
+        )
     _check_tls(cfg)
     _check_http(cfg)
     if cfg.lease_s < 1:

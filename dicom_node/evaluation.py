@@ -38,7 +38,7 @@ from dicom_node.audit import (
     ReferenceState,
     utcnow,
 )
-from dicom_node.seg_compare import SegmentComparison, UnusableReference, compare
+from dicom_node.seg_compare import SegmentComparison, UnusableReference, compare, read_segmentation
 from dicom_node.storage import Storage, dataset_bytes, write_durably
 from dicom_node.writers.evaluation_sr import build_evaluation_report
 from dicom_node.writers.outputs import RESEARCH
@@ -64,6 +64,10 @@ class Work:
     weights_sha256: str
     seg_path: str
     destinations: tuple[str, ...]
+
+
+class NoSegmentation(Exception):
+    """The job of a reference's source wrote no SEG (its prediction was not reliable)."""
 
 
 class Evaluator:
@@ -105,11 +109,16 @@ class Evaluator:
 
     def run(self, ref_id: int) -> None:
         """Compare one claimed reference with our prediction and record the outcome."""
-        work = self._work(ref_id)
+        try:
+            work = self._work(ref_id)
+        except NoSegmentation as exc:
+            log.warning("reference %d not compared: %s", ref_id, exc)
+            self._finish(ref_id, ReferenceState.UNUSABLE, str(exc))
+            return
         if work is None:
             return
-        ours = hd.seg.segread(work.seg_path)
-        reference = hd.seg.segread(work.reference_path)
+        ours = read_segmentation(work.seg_path)
+        reference = read_segmentation(work.reference_path)
         try:
             comparisons = compare(ours, reference, work.source_uid)
         except UnusableReference as exc:
@@ -178,8 +187,10 @@ class Evaluator:
             seg = s.scalar(
                 select(OutputRecord).where(OutputRecord.job_id == job.id, OutputRecord.kind == OutputKind.SEG)
             )
-            if seg is None:
-                raise RuntimeError(f"job {job.id} is done but has no SEG output")
+            if seg is None:  # the quality flag withheld it: nothing of ours to compare
+                reasons = ((job.metrics or {}).get("quality") or {}).get("reasons") or []
+                why = f"the prediction was not reliable ({'; '.join(reasons)})" if reasons else "none was written"
+                raise NoSegmentation(f"no SEG of ours to compare with: {why}")
             return Work(
                 reference_path=ref.instance.path,
                 reference_sop_uid=ref.instance.sop_instance_uid,

@@ -96,7 +96,14 @@ class Node:
         models = models or ModelRegistry()
         # the receiver's decoded images for this process's workers (none kept without workers)
         decoded = DecodedCache(DECODED_CACHE_ITEMS if config.workers else 0)
-        processor = Processor(db, storage, models, flip_agreement=config.flip_agreement, decoded=decoded)
+        processor = Processor(
+            db,
+            storage,
+            models,
+            flip_agreement=config.flip_agreement,
+            decoded=decoded,
+            default_character_set=config.default_character_set,
+        )
         evaluator = Evaluator(db, storage, models.root)
         sender = Sender(config, db, identity)
         workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify, evaluator=evaluator)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -29,12 +30,14 @@ from dicom_node.audit import (
     OutputRecord,
     utcnow,
 )
+from dicom_node.config import DEFAULT_CHARACTER_SET
 from dicom_node.decoded import DecodedCache
 from dicom_node.evaluation import Evaluator
 from dicom_node.jobs import JobQueue
 from dicom_node.references import mark_due
 from dicom_node.storage import Storage, dataset_bytes, write_durably
 from dicom_node.writers.outputs import build_outputs
+from dicom_node.writers.source import usable_spacing
 from inference.prediction import Prediction
 from inference.preprocess import PreparedImage, from_dataset
 from inference.registry import ModelRegistry
@@ -50,16 +53,12 @@ class LeaseLost(RuntimeError):
 
 
 def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
-    """PixelSpacing, else ImagerPixelSpacing (row, column spacing in mm), else None."""
+    """PixelSpacing, else ImagerPixelSpacing (row, column spacing in mm), else None: the first that is two
+    positive finite numbers (``writers.source.usable_spacing``; the writers copy no other)."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
-        if value is not None and len(value) == 2:
-            try:
-                row, col = float(value[0]), float(value[1])
-            except (TypeError, ValueError):
-                continue
-            if row > 0 and col > 0:
-                return row, col
+        spacing = usable_spacing(ds.get(keyword))
+        if spacing is not None:
+            return spacing
     return None
 
 
@@ -81,24 +80,35 @@ class Processor:
         models: ModelRegistry,
         flip_agreement: bool = True,
         decoded: DecodedCache | None = None,
+        default_character_set: str = DEFAULT_CHARACTER_SET,
     ) -> None:
         self.db = db
         self.storage = storage
         self.models = models
         self.flip_agreement = flip_agreement
+        self.default_character_set = default_character_set
         self.decoded = decoded  # images the receiver of this process decoded already
 
     def segment(self, ds: Dataset, model: str, prepared: PreparedImage | None = None) -> JobResult:
         engine = self.models.get(model)
+        started = datetime.now()
         t0 = time.perf_counter()
         if prepared is None:
             prepared = from_dataset(ds)
         t1 = time.perf_counter()
         prediction = engine.predict(prepared, pixel_spacing_mm(ds), flip_agreement=self.flip_agreement)
         t2 = time.perf_counter()
-        built = build_outputs(ds, prediction, engine.card, display_image=prepared.image)
+        built = build_outputs(
+            ds,
+            prediction,
+            engine.card,
+            display_image=prepared.image,
+            default_character_set=self.default_character_set,
+            started=started,
+        )
         t3 = time.perf_counter()
-        outputs = {OutputKind.SEG: built.seg, OutputKind.SR: built.sr, OutputKind.SC: built.sc}
+        # no SEG when the prediction is not reliable: only SR and SC are written and delivered
+        outputs = {OutputKind(kind): ds for kind, ds in built.by_kind().items()}
         timings = {"decode_preprocess": t1 - t0, "predict": t2 - t1, "build_outputs": t3 - t2}
         timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()} | built.timings_ms
         return JobResult(prediction, outputs, timings_ms, engine.card.weights_sha256)

@@ -13,10 +13,12 @@ resolution; a FRACTIONAL reference is thresholded at one half. Dice and Jaccard 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+from pydicom import dcmread
 
 from dicom_node.writers.seg import SEGMENTS, SPINE_SEGMENT, T1_SEGMENT, SegmentSpec
 from inference.metrics import Overlap, overlap
@@ -31,6 +33,21 @@ LABEL_ALIASES: dict[int, frozenset[str]] = {
 }
 
 
+def read_segmentation(path: str | Path) -> hd.seg.Segmentation:
+    """A SEG file as highdicom's Segmentation, also when its Pixel Measures lack Slice Thickness.
+
+    highdicom itself writes such Pixel Measures for a radiograph with Pixel Spacing (as do other tools),
+    and its reader then refuses the file. The comparison is made in pixels, so an incomplete Pixel Measures
+    is left out of the in-memory copy (the file is not touched).
+    """
+    ds = dcmread(path)
+    for group in [*ds.get("SharedFunctionalGroupsSequence", []), *ds.get("PerFrameFunctionalGroupsSequence", [])]:
+        measures = group.get("PixelMeasuresSequence")
+        if measures and "SliceThickness" not in measures[0]:
+            del group.PixelMeasuresSequence
+    return hd.seg.Segmentation.from_dataset(ds, copy=False)
+
+
 class UnusableReference(ValueError):
     """A reference that cannot be compared: no segment we predict, or its masks do not fit the source."""
 
@@ -43,6 +60,7 @@ class SegmentComparison:
     reference_segments: tuple[int, ...]  # the reference's segment numbers, united
     reference_labels: tuple[str, ...]
     overlap: Overlap
+    predicted: np.ndarray = field(repr=False, compare=False)  # our segment's mask on the source image
 
     @property
     def dice(self) -> float | None:
@@ -130,8 +148,9 @@ def compare(ours: hd.seg.Segmentation, reference: hd.seg.Segmentation, source_ui
         if refs is None:
             continue
         labels = tuple(str(reference.get_segment_description(n).segment_label) for n in refs)
-        counts = overlap(_united(our_masks, mine[spec.number]), _united(ref_masks, refs))
-        comparisons.append(SegmentComparison(spec, refs, labels, counts))
+        predicted = _united(our_masks, mine[spec.number])
+        counts = overlap(predicted, _united(ref_masks, refs))
+        comparisons.append(SegmentComparison(spec, refs, labels, counts, predicted))
     return comparisons
 
 

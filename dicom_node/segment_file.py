@@ -89,7 +89,7 @@ def segment_file(
         written["mask_colour_png"] = _png(out_dir / f"{stem}-mask-colour.png", colours)
     if ds is not None:
         outputs = build_outputs(ds, prediction, engine.card, display_image=prepared.image)
-        for kind, obj in (("seg", outputs.seg), ("sr", outputs.sr), ("sc", outputs.sc)):
+        for kind, obj in outputs.by_kind().items():  # no SEG for an unreliable prediction
             target = out_dir / f"{stem}-{kind}.dcm"
             write_durably(target, dataset_bytes(obj))
             written[kind] = str(target)

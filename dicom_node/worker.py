@@ -56,7 +56,13 @@ class WorkerNode:
         storage = Storage(config.data_dir)
         queue = JobQueue(db, identity, config.lease_s)
         models = models or ModelRegistry()
-        processor = Processor(db, storage, models, flip_agreement=config.flip_agreement)
+        processor = Processor(
+            db,
+            storage,
+            models,
+            flip_agreement=config.flip_agreement,
+            default_character_set=config.default_character_set,
+        )
         evaluator = Evaluator(db, storage, models.root)
         sender = Sender(config, db, identity)
         workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify, evaluator=evaluator)

@@ -17,7 +17,7 @@ import numpy as np
 
 from inference.classes import SpineClass
 from inference.levels import LEVEL_CLASS_ORDER, group_probabilities, native_levels
-from inference.measure import measure
+from inference.measure import measure, reportable
 from inference.model_card import ModelCard
 from inference.onnx_runtime import OnnxRunner, default_runtime, prepare_onnx
 from inference.prediction import ClassStats, Prediction, class_stats, labels_at_native
@@ -118,7 +118,9 @@ class Engine:
         classes = class_stats(labels, conf, spacing_mm, flipped)
         levels = native_levels(own[0], labels) if self._levels else None
         quality = assess(labels, classes, self.thresholds)
-        measured = measure(levels) if levels is not None and quality.reliable else None
+        measured = None
+        if levels is not None and quality.reliable:  # only what this model is validated to measure
+            measured = reportable(measure(levels), self.card.metrics)
         elapsed = (time.perf_counter() - start) * 1000
         return Prediction(
             labels,

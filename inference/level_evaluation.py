@@ -2,7 +2,11 @@
 thresholds fitted there.
 
 Figures per class (V, T1): dataset-summed IoU and Dice, per-image median and 10th percentile; the share of
-images where T1 is found (IoU > 0.3); how many predictions the quality flag marks unreliable.
+images where T1 is found (IoU > 0.3); how many predictions the quality flag marks unreliable. Measurements
+(``inference.measure``, on the images where the prediction is reliable and every vertebra T1..L5 was
+found): the challenge's Cobb SMAPE against ``angles.csv`` and the mean absolute error of each of the three
+angles; the T1 tilt error against the tilt of T1's true upper endplate. Images without measurements are
+counted; the SMAPE is also given with each of them scored as a prediction of 0 (100 % for that image).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from inference.cobb import endplate_tilt_deg, smape
 from inference.engine import Engine
 from inference.levels import to_spine_labels
+from inference.measure import measure
 from inference.metrics import OverlapSummary
 from inference.preprocess import PreparedImage
 from inference.quality import QualityFigures, QualityThresholds, figures, judge
@@ -50,6 +56,33 @@ def fit_thresholds(rows: list[tuple[QualityFigures, bool]]) -> QualityThresholds
     )
 
 
+def measurement_figures(
+    truth: list[tuple[float, float, float]],
+    predicted: list[list[float]],
+    all_truth: list[tuple[float, float, float]],
+    all_predicted: list[list[float]],
+    t1_errors: list[float],
+    n_images: int,
+) -> dict[str, Any]:
+    """Cobb SMAPE and per-angle MAE where measured, SMAPE over all images, T1 tilt MAE."""
+    cobb: dict[str, Any] = {"measured_images": len(truth), "not_measured_images": n_images - len(truth)}
+    if truth:
+        errors = np.abs(np.asarray(truth) - np.asarray(predicted))
+        cobb |= {
+            "smape_percent": round(smape(np.asarray(truth), np.asarray(predicted)), 2),
+            "mae_deg": [round(float(e), 2) for e in errors.mean(axis=0)],  # main, then the two secondary angles
+        }
+    if all_truth:
+        cobb["smape_percent_all_images"] = round(smape(np.asarray(all_truth), np.asarray(all_predicted)), 2)
+    tilt: dict[str, Any] = {"measured_images": len(t1_errors)}
+    if t1_errors:
+        tilt |= {
+            "mae_deg": round(float(np.mean(t1_errors)), 2),
+            "median_error_deg": round(float(np.median(t1_errors)), 2),
+        }
+    return {"cobb": cobb, "t1_tilt": tilt}
+
+
 def evaluate_spineweb(
     engine: Engine, data_dir: Path, fit_quality: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -61,7 +94,12 @@ def evaluate_spineweb(
     rows: list[tuple[QualityFigures, bool]] = []
     flagged_good = flagged_bad = n_bad = 0
     times: list[float] = []
-    for _, image, levels in tqdm(data.iter_samples(val), total=len(val), disable=not progress, desc="evaluate"):
+    cobb_truth: list[tuple[float, float, float]] = []
+    cobb_pred: list[list[float]] = []
+    all_truth: list[tuple[float, float, float]] = []
+    all_pred: list[list[float]] = []
+    t1_errors: list[float] = []
+    for record, image, levels in tqdm(data.iter_samples(val), total=len(val), disable=not progress, desc="evaluate"):
         pred = engine.predict(PreparedImage(image), None, flip_agreement=True)
         times.append(pred.inference_ms)
         ovs = summary.add(pred.labels, to_spine_labels(levels))
@@ -74,6 +112,16 @@ def evaluate_spineweb(
         if not pred.quality.reliable:
             flagged_good += good
             flagged_bad += not good
+        # what the model measures, before ``reportable`` withholds what its validation does not support
+        m = measure(pred.levels) if pred.levels is not None and pred.quality.reliable else None
+        measured = m is not None and len(m.cobb) == len(record.angles)
+        all_truth.append(record.angles)
+        all_pred.append([c.angle_deg for c in m.cobb] if m is not None and measured else [0.0] * len(record.angles))
+        if measured:
+            cobb_truth.append(record.angles)
+            cobb_pred.append(all_pred[-1])
+        if m is not None and m.t1_tilt_deg is not None:
+            t1_errors.append(abs(m.t1_tilt_deg - endplate_tilt_deg(record.corners[0])))
     per_class: dict[str, Any] = {}
     for c in ("V", "T1"):
         ov = summary.summed[c]
@@ -100,6 +148,7 @@ def evaluate_spineweb(
             "poor_predictions": n_bad,
         },
         "median_predict_ms": round(float(np.median(times)), 1) if times else None,
+        "measurements": measurement_figures(cobb_truth, cobb_pred, all_truth, all_pred, t1_errors, len(val)),
     }
     if fit_quality:
         fitted = fit_thresholds(rows)

@@ -6,11 +6,18 @@ longer pair of opposite sides are its endplates (vertebral bodies are
 wider than tall on an AP film), which gives the four corners the challenge's method
 (``inference.cobb``) works on. Cobb angles need every vertebra from T1 to L5: with one missing they are
 not reported (the reason is), never computed from a partial column.
+
+``reportable`` then keeps only what the model has been shown to measure: Cobb angles when the SMAPE
+recorded on its validation split (``metrics.validation.measurements`` in its card, written by ``spinenode
+evaluate --data spineweb16:DIR --record validation``) is at most ``MAX_COBB_SMAPE_PERCENT``, the T1 tilt
+when its validation MAE is at most ``MAX_T1_TILT_MAE_DEG``; otherwise the figure is withheld and a note
+says why (a model with no recorded figures reports neither). The bounds are the targets of the
+measurement issue, near what published landmark networks reach on this dataset.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -20,6 +27,8 @@ from inference.cobb import CobbAngle, cobb_angles, directions, endplate_tilt_deg
 from inference.levels import VERTEBRAE, vertebra_label
 from inference.spineweb import reorder_crossed
 
+MAX_COBB_SMAPE_PERCENT = 12.0  # validated Cobb SMAPE above this: angles withheld
+MAX_T1_TILT_MAE_DEG = 3.0  # validated T1 tilt mean absolute error above this: tilt withheld
 MIN_VERTEBRA_PIXELS = 20  # smaller pieces are not a vertebra
 APPROX_FRACTIONS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16)  # polygon simplification tolerances (of perimeter)
 
@@ -126,3 +135,27 @@ def measure(levels: np.ndarray) -> Measurements:
     if t1 is None:
         notes.append("T1 tilt not measured: T1 not found")
     return Measurements(vertebrae, cobb, t1, notes)
+
+
+def validated_figures(card_metrics: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The Cobb SMAPE (%) and T1 tilt MAE (degrees) recorded on the model's validation split, if any."""
+    measured = (card_metrics.get("validation") or {}).get("measurements") or {}
+    smape = (measured.get("cobb") or {}).get("smape_percent")
+    tilt = (measured.get("t1_tilt") or {}).get("mae_deg")
+    return (None if smape is None else float(smape)), (None if tilt is None else float(tilt))
+
+
+def reportable(measurements: Measurements, card_metrics: dict[str, Any]) -> Measurements:
+    """``measurements`` less what the model's validation figures do not support (see the module docstring)."""
+    smape, tilt_mae = validated_figures(card_metrics)
+    notes = list(measurements.notes)
+    cobb, t1_tilt = measurements.cobb, measurements.t1_tilt_deg
+    if cobb and (smape is None or smape > MAX_COBB_SMAPE_PERCENT):
+        shown = "no validation figure recorded" if smape is None else f"validation Cobb SMAPE {smape:.1f} %"
+        notes.append(f"Cobb angles withheld: {shown} (reported at {MAX_COBB_SMAPE_PERCENT:.0f} % or less)")
+        cobb = []
+    if t1_tilt is not None and (tilt_mae is None or tilt_mae > MAX_T1_TILT_MAE_DEG):
+        shown = "no validation figure recorded" if tilt_mae is None else f"validation T1 tilt MAE {tilt_mae:.1f} deg"
+        notes.append(f"T1 tilt withheld: {shown} (reported at {MAX_T1_TILT_MAE_DEG:.0f} deg or less)")
+        t1_tilt = None
+    return replace(measurements, cobb=cobb, t1_tilt_deg=t1_tilt, notes=notes)

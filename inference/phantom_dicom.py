@@ -169,7 +169,8 @@ def _voi_lut_module(ds: Dataset, p: Phantom) -> None:
     ds.WindowCenter = _fmt_ds(p.window_center)
     ds.WindowWidth = _fmt_ds(p.window_width)
     ds.WindowCenterWidthExplanation = "Phantom default"
-    ds.VOILUTFunction = "LINEAR"
+    # No VOI LUT Function: LINEAR is its default (PS3.3 C.11.2.1.2), and OHIF 3.13's image loader
+    # rejects an explicit "LINEAR" ("Invalid VOI LUT function") and shows the image black.
 
 
 def _dx_detector_module(ds: Dataset, p: Phantom) -> None:

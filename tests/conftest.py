@@ -15,6 +15,7 @@ import torch
 
 from inference.architectures import build_model
 from inference.model_card import WEIGHTS_FILE, ModelCard, sha256_of
+from inference.quality import QualityThresholds
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
@@ -71,7 +72,9 @@ def make_tiny_model(
     """A real (randomly initialised, deterministic) small network with a card, in ``root``.
 
     The default DeepLabV3+ predicts background everywhere; a ``"unetplusplus"`` one predicts all three
-    classes in a random pattern (for tests whose figures must not be trivially zero).
+    classes in a random pattern (for tests whose figures must not be trivially zero). Its quality checks are
+    off (every threshold zero): the plumbing tests need its SEG written, which a real model's card would
+    withhold for such a prediction (``inference.quality``; tests with real models check that).
     """
     torch.manual_seed(0)
     module = build_model(architecture, "mobilenet_v2").eval()
@@ -87,6 +90,7 @@ def make_tiny_model(
         weights_sha256=sha256_of(directory / WEIGHTS_FILE),
         demo=demo,
         notes="random weights, for tests of the plumbing only",
+        quality_thresholds=dict.fromkeys(QualityThresholds.__dataclass_fields__, 0.0),
     )
     card.save(directory)
     return card

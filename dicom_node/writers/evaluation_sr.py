@@ -2,17 +2,21 @@
 
 A Comprehensive 3D SR in the source's study, in a series of its own per reference SEG (deterministic
 UIDs: source, model, weights and the reference's SOP Instance UID). Its evidence is the source image, our
-SEG and the reference SEG. One measurement group per matched segment, built like the regular report's
-(``sr.segment_group``: same tracking identifier as the SEG segment, the model as algorithm, the model as
-device observer), carrying:
+SEG and the reference SEG. One measurement group per matched segment that our SEG does not leave empty,
+built like the regular report's (``sr.segment_group``: the segment's region on the source, the same
+tracking identifier as the SEG segment, the model as algorithm and as device observer), carrying:
 
 * "Dice similarity coefficient" and "Jaccard index" (no standard codes exist: private scheme 99SPINESEG,
   declared in the SR), left out when both masks are empty and the figures are undefined;
 * the pixel counts of the predicted mask, the reference mask and their intersection (``{pixels}``);
-* a "Comment" naming the reference segment(s) compared, and the demo disclaimer for demo models.
+and, in the report's qualitative evaluations, a "Comment" naming the reference segment(s) each group
+compares with and the demo disclaimer for demo models (a segment we left empty is stated there too,
+with its figures: no image region can be drawn for it).
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -21,6 +25,8 @@ from pydicom.sr.coding import Code
 from dicom_node import uids
 from dicom_node.seg_compare import SegmentComparison
 from dicom_node.writers.outputs import MANUFACTURER, description, disclaimer, software_version
+from dicom_node.writers.provenance import contributing_equipment, stamp
+from dicom_node.writers.regions import segment_region
 from dicom_node.writers.source import writable_source
 from dicom_node.writers.sr import PRIVATE_SCHEME, UNIT_PIXELS, UNIT_RATIO, comprehensive_sr, segment_group
 from inference.model_card import ModelCard
@@ -51,14 +57,25 @@ def comparison_measurements(comparison: SegmentComparison) -> list[hd.sr.Measure
 
 
 def comparison_comment(comparison: SegmentComparison, reference: Dataset) -> str:
-    """Which reference segment(s) the figures compare with."""
+    """Which reference segment(s) the figures of our segment compare with."""
     segments = ", ".join(
         f'{number} "{label}"'
         for number, label in zip(comparison.reference_segments, comparison.reference_labels, strict=True)
     )
     return (
-        f"Compared at the image's native resolution with segment {segments} of the reference segmentation "
-        f"{reference.SOPInstanceUID}"
+        f'"{comparison.spec.label}" compared at the image\'s native resolution with segment {segments} of the '
+        f"reference segmentation {reference.SOPInstanceUID}"
+    )
+
+
+def empty_segment_finding(comparison: SegmentComparison) -> str:
+    """The figures of a segment our SEG leaves empty (no region to measure in)."""
+    counts = comparison.overlap
+    return (
+        f'"{comparison.spec.label}": no pixel predicted; the reference segment has {counts.reference} pixels '
+        f"(Dice 0, Jaccard 0)"
+        if counts.reference
+        else f'"{comparison.spec.label}": empty in both segmentations (Dice and Jaccard undefined)'
     )
 
 
@@ -68,8 +85,10 @@ def build_evaluation_report(
     reference: Dataset,
     comparisons: list[SegmentComparison],
     card: ModelCard,
+    started: datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The evaluation SR of our ``seg`` (made by ``card``'s model on ``source``) against ``reference``."""
+    """The evaluation SR of our ``seg`` (made by ``card``'s model on ``source``) against ``reference``;
+    ``started``: when the comparison began (default: now)."""
     source = writable_source(source)  # the header gaps real sources have, completed as for our other outputs
 
     def uid(kind: str) -> str:
@@ -78,18 +97,16 @@ def build_evaluation_report(
         )
 
     warning = disclaimer(card)
-    groups = [
-        segment_group(
-            c.spec,
-            card,
-            source,
-            seg,
-            comparison_measurements(c),
-            [comparison_comment(c, reference), *([warning] if warning else [])],
-        )
-        for c in comparisons
-    ]
-    return comprehensive_sr(
+    groups, findings = [], []
+    for c in comparisons:
+        region = segment_region(c.predicted)
+        if region is None:
+            findings.append(empty_segment_finding(c))
+            continue
+        groups.append(segment_group(c.spec, card, source, region, comparison_measurements(c)))
+    comments = [comparison_comment(c, reference) for c in comparisons]
+    started = started or datetime.now()
+    report = comprehensive_sr(
         source,
         [source, seg, reference],
         groups,
@@ -100,7 +117,11 @@ def build_evaluation_report(
         manufacturer=MANUFACTURER,
         series_description=description("Spine accuracy vs reference", card),
         software_versions=software_version(),
+        findings=findings,
+        comments=[*comments, *([warning] if warning else [])],
     )
+    stamp(report, contributing_equipment(card, MANUFACTURER, software_version(), started), started)
+    return report
 
 
 __all__ = [

@@ -1,8 +1,13 @@
 """All outputs of one prediction: SEG, SR and overlay SC, in the source's study, with deterministic UIDs.
 
+A prediction whose quality flag says it is not reliable (``Prediction.quality``) gets no SEG: its SR
+states that no reliable segmentation was obtained, and its overlay says so instead of drawing a mask.
+
 ``build_outputs`` decides what the three writers share: the manufacturer, series numbers and
 descriptions, software version, the demo disclaimer, and the UIDs (``dicom_node.uids``: the same source,
-model and weights always give the same series and instance UIDs; other weights give other UIDs).
+model and weights always give the same series and instance UIDs; other weights give other UIDs), and
+the provenance IHE AIR asks for (``writers.provenance``: the model as Contributing Equipment, Content
+Date/Time when the analysis started).
 """
 
 from __future__ import annotations
@@ -10,13 +15,16 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node import uids
+from dicom_node.config import DEFAULT_CHARACTER_SET
 from dicom_node.writers.overlay import build_overlay
+from dicom_node.writers.provenance import contributing_equipment, stamp
 from dicom_node.writers.seg import build_segmentation
 from dicom_node.writers.source import writable_source
 from dicom_node.writers.sr import build_measurement_report
@@ -35,16 +43,22 @@ RESEARCH = "RESEARCH"  # Content Qualification of demo-model output
 
 @dataclass
 class Outputs:
-    """The three objects written for one prediction, in the order they are sent."""
+    """The objects written for one prediction, in the order they are sent (no SEG for an unreliable one)."""
 
-    seg: Dataset
+    seg: Dataset | None
     sr: Dataset
     sc: Dataset
     timings_ms: dict[str, float] = field(default_factory=dict)  # build time of each writer
 
+    def by_kind(self) -> dict[str, Dataset]:
+        """``"seg"`` (when written), ``"sr"`` and ``"sc"``, in sending order (the SR references the SEG,
+        so the SEG goes first)."""
+        kinds = {"seg": self.seg, "sr": self.sr, "sc": self.sc}
+        return {kind: ds for kind, ds in kinds.items() if ds is not None}
+
     def datasets(self) -> list[Dataset]:
-        """SEG, SR, SC (the SR references the SEG, so the SEG goes first)."""
-        return [self.seg, self.sr, self.sc]
+        """SEG (when written), SR, SC."""
+        return list(self.by_kind().values())
 
 
 @functools.cache  # a package metadata lookup: once per process, not per job
@@ -75,33 +89,38 @@ def build_outputs(
     card: ModelCard,
     *,
     display_image: np.ndarray | None = None,
+    default_character_set: str = DEFAULT_CHARACTER_SET,
+    started: datetime | None = None,
 ) -> Outputs:
     """Build SEG, SR and overlay SC for ``prediction`` (made by ``card``'s model) on ``source``.
 
     ``display_image`` is the source as displayed (grey uint8 or [0, 1] float, or RGB); without it the
-    overlay prepares the image from the dataset.
+    overlay prepares the image from the dataset. ``default_character_set`` reads a source's undeclared
+    non-ASCII text (``writers.source``). ``started``: when the analysis of the source began (default: now).
     """
 
-    source = writable_source(source)
+    source = writable_source(source, default_character_set)
 
     def uid(kind: str) -> str:
         return uids.output_uid(source.SOPInstanceUID, card.name, card.weights_sha256, kind)
 
     software = software_version()
     t0 = time.perf_counter()
-    seg = build_segmentation(
-        source,
-        prediction.labels,
-        card,
-        series_uid=uid(uids.SEG_SERIES),
-        sop_uid=uid(uids.SEG),
-        series_number=SEG_SERIES_NUMBER,
-        manufacturer=MANUFACTURER,
-        series_description=description("Spine segmentation", card),
-        content_description=description("Spine and T1 by", card),
-        software_versions=software,
-        content_qualification=RESEARCH,  # every model: research, not for diagnosis
-    )
+    seg = None
+    if prediction.quality.reliable:
+        seg = build_segmentation(
+            source,
+            prediction.labels,
+            card,
+            series_uid=uid(uids.SEG_SERIES),
+            sop_uid=uid(uids.SEG),
+            series_number=SEG_SERIES_NUMBER,
+            manufacturer=MANUFACTURER,
+            series_description=description("Spine segmentation", card),
+            content_description=description("Spine and T1 by", card),
+            software_versions=software,
+            content_qualification=RESEARCH,  # every model: research, not for diagnosis
+        )
     t1 = time.perf_counter()
     sr = build_measurement_report(
         source,
@@ -130,6 +149,11 @@ def build_outputs(
         display_image=display_image,
     )
     t3 = time.perf_counter()
+    started = started or datetime.now()
+    equipment = contributing_equipment(card, MANUFACTURER, software, started)
+    for ds in (seg, sr, sc):
+        if ds is not None:
+            stamp(ds, equipment, started)
     timings = {"build_seg": t1 - t0, "build_sr": t2 - t1, "build_sc": t3 - t2}
     return Outputs(seg=seg, sr=sr, sc=sc, timings_ms={k: round(v * 1000, 1) for k, v in timings.items()})
 

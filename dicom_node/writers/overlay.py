@@ -1,8 +1,13 @@
 """The overlay: an RGB Secondary Capture of the source as displayed, with the segmentation burned in.
 
-Class V is tinted green and T1 red (``inference.classes.CLASS_COLOURS``), semi-transparent and outlined.
-A legend names the model and gives each class's area, coverage, mean probability and flip agreement;
-for demo models "NOT FOR DIAGNOSTIC USE" is burned in as well. The SC has the source's rows and
+Class V is tinted green and T1 red (``inference.classes.CLASS_COLOURS``), semi-transparent and outlined;
+the endplate lines of each Cobb angle's end vertebrae are drawn in yellow, and the angles, their end
+vertebrae and the T1 tilt are listed in the legend.
+A legend names the model and gives each class's area, coverage, mean probability and flip agreement; it
+sits in the image corner where it hides the least of the segmented column (on a full-spine film the top
+left corner would cover C7/T1). "NOT FOR DIAGNOSTIC USE" is burned in across the bottom. A prediction
+whose quality flag says it is not reliable is not drawn: the overlay says "NO RELIABLE SEGMENTATION" and
+why. The SC has the source's rows and
 columns, says BurnedInAnnotation YES and references its source (Source Image Sequence, Derivation
 Description).
 
@@ -13,6 +18,7 @@ costs milliseconds; text and outlines are drawn with OpenCV.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import highdicom as hd
@@ -20,7 +26,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from dicom_node.writers.anatomy import copy_anatomy
 from inference.classes import CLASS_COLOURS, FOREGROUND, SpineClass
+from inference.measure import Measurements
 from inference.model_card import ModelCard
 from inference.prediction import ClassStats, Prediction
 from inference.preprocess import from_dataset
@@ -34,22 +42,14 @@ LEGEND_WIDTH_FRACTION = 0.94  # the longest legend line fills at most this much 
 MAX_FONT_SCALE_PER_1000 = 1.2  # font scale per 1000 pixels of the longer side, before fitting the width
 MIN_FONT_SCALE = 0.3
 LINE_SPACING = 1.5
+STROKE_PER_SCALE = 1.6  # text stroke thickness per unit of font scale
+MEASUREMENT_COLOUR = (255, 215, 0)  # Cobb endplate lines and the angles in the legend: yellow
+ENDPLATE_EXTENSION = 0.6  # an endplate line is drawn this fraction of its length beyond each end
 BACKDROP_DIM = 0.35  # brightness kept under the legend's backdrop
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
+NO_RELIABLE_SEGMENTATION = "NO RELIABLE SEGMENTATION"
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
 INSTANCE_NUMBER = 1
-PAIRED_LATERALITY = frozenset({"L", "R"})  # the values Laterality (General Series) allows
-# Body Part Examined defined terms of unpaired structures (PS3.16 Annex L), as dciodvfy knows them:
-# with one of these the SC carries no Laterality; with any other value (paired, non-standard such as
-# "THORAX", or none) Laterality is required (type 2C) and the SC carries it, empty when unknown.
-UNPAIRED_BODY_PARTS = frozenset(
-    """ABDOMEN ABDOMENPELVIS AORTA BLADDER BRAIN CEREBELLUM CERVIX CHEST CHESTABDPELVIS CIRCLEOFWILLIS
-    COCCYX COLON CORONARYARTERY CSPINE CTSPINE DUODENUM ESOPHAGUS GALLBLADDER HEAD HEADNECK HEART ILEUM
-    ILIUM JAW JEJUNUM LARYNX LIVER LSPINE LSSPINE MAXILLA MEDIASTINUM MOUTH NECK NECKCHEST NECKCHESTABDOMEN
-    NECKCHESTABDPELV NOSE PANCREAS PELVIS PENIS PHARYNX PROSTATE RECTUM SCALP SKULL SPINE SPLEEN SSPINE
-    STERNUM STOMACH THYMUS THYROID TLSPINE TONGUE TRACHEA TSPINE URETER URETHRA UTERUS VAGINA VULVA
-    WHOLEBODY""".split()
-)
 # highdicom's SC constructor insists on a patient orientation; used only while building when the
 # source has none, and replaced by an empty (type 2) Patient Orientation afterwards.
 _PLACEHOLDER_ORIENTATION = ("L", "F")
@@ -107,6 +107,28 @@ def outline(rgb: np.ndarray, labels: np.ndarray) -> None:
             cv2.drawContours(rgb, contours, -1, CLASS_COLOURS[cls], thickness, cv2.LINE_8)
 
 
+def draw_endplates(rgb: np.ndarray, measurements: Measurements | None) -> None:
+    """The end vertebrae's endplate lines of every Cobb angle, extended beyond the vertebra (in place)."""
+    if measurements is None:
+        return
+    thickness = max(1, round(min(rgb.shape[:2]) * OUTLINE_PX_PER_1000 / 1000))
+    for curve in measurements.cobb:
+        for (x0, y0), (x1, y1) in (curve.upper_endplate, curve.lower_endplate):
+            dx, dy = (x1 - x0) * ENDPLATE_EXTENSION, (y1 - y0) * ENDPLATE_EXTENSION
+            start, end = (round(x0 - dx), round(y0 - dy)), (round(x1 + dx), round(y1 + dy))
+            cv2.line(rgb, start, end, MEASUREMENT_COLOUR, thickness, cv2.LINE_AA)
+
+
+def measurement_lines(measurements: Measurements | None) -> list[str]:
+    """Legend lines of the Cobb angles (challenge's order, with end vertebrae) and the T1 tilt."""
+    if measurements is None:
+        return []
+    lines = [f"Cobb {i + 1}: {c.angle_deg:.1f} deg, {c.upper}-{c.lower}" for i, c in enumerate(measurements.cobb)]
+    if measurements.t1_tilt_deg is not None:
+        lines.append(f"T1 tilt: {measurements.t1_tilt_deg:+.1f} deg (+: rising to the image right)")
+    return lines
+
+
 def _figure(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
@@ -131,54 +153,123 @@ def legend_lines(prediction: Prediction, card: ModelCard) -> list[tuple[str, tup
         stats = prediction.classes.get(cls.name)
         if stats is not None:
             lines.extend((text, CLASS_COLOURS[cls]) for text in class_lines(cls.name, stats))
+    lines.extend((text, MEASUREMENT_COLOUR) for text in measurement_lines(prediction.measurements))
     lines.append((NOT_FOR_DIAGNOSIS, WARNING_COLOUR))
     return lines
 
 
-def _font_scale(texts: Sequence[str], width: int, height: int) -> float:
+def _font_scale(texts: Sequence[str], width: int, height: int, room: float | None = None) -> float:
+    """Font scale for ``texts``: the longest fills at most ``LEGEND_WIDTH_FRACTION`` of ``room`` pixels
+    (default: the image width), capped by the image size and never below ``MIN_FONT_SCALE``."""
     widest = max(cv2.getTextSize(t, FONT, 1.0, 1)[0][0] for t in texts)
-    fit = LEGEND_WIDTH_FRACTION * width / max(widest, 1)
+    fit = LEGEND_WIDTH_FRACTION * (width if room is None else room) / max(widest, 1)
     cap = MAX_FONT_SCALE_PER_1000 * max(width, height) / 1000
     return max(MIN_FONT_SCALE, min(fit, cap))
 
 
-def _text_block(rgb: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], top: int) -> int:
-    """Draw ``lines`` on a dimmed backdrop from row ``top``; return the row below the block."""
-    rows, cols = rgb.shape[:2]
-    scale = _font_scale([t for t, _ in lines], cols, rows)
-    thickness = max(1, round(scale * 1.6))
+@dataclass(frozen=True)
+class TextLayout:
+    """How a block of text lines is drawn: font scale, stroke, line height, margin and the block's size."""
+
+    scale: float
+    thickness: int
+    line_h: int
+    margin: int
+    width: int
+    height: int
+
+
+def text_layout(lines: Sequence[tuple[str, tuple[int, int, int]]], scale: float) -> TextLayout:
+    thickness = max(1, round(scale * STROKE_PER_SCALE))
     line_h = int(cv2.getTextSize("Ag", FONT, scale, thickness)[0][1] * LINE_SPACING) + 2
     margin = max(2, line_h // 3)
-    bottom = min(rows, top + margin * 2 + line_h * len(lines))
     widest = max(cv2.getTextSize(t, FONT, scale, thickness)[0][0] for t, _ in lines)
-    right = min(cols, widest + 2 * margin)
-    backdrop = rgb[top:bottom, :right]
-    np.multiply(backdrop, BACKDROP_DIM, out=backdrop, casting="unsafe")
-    y = top + margin
-    for text, colour in lines:
-        y += line_h
-        cv2.putText(rgb, text, (margin, y - line_h // 4), FONT, scale, colour, thickness, cv2.LINE_AA)
-    return bottom
+    return TextLayout(scale, thickness, line_h, margin, widest + 2 * margin, margin * 2 + line_h * len(lines))
 
 
-def draw_legend(rgb: np.ndarray, prediction: Prediction, card: ModelCard) -> None:
-    """The legend at the top and the warning again across the bottom (in place)."""
-    _text_block(rgb, legend_lines(prediction, card), 0)
+def _text_block(
+    rgb: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], layout: TextLayout, left: int, top: int
+) -> None:
+    """Draw ``lines`` on a dimmed backdrop whose top left corner is (``left``, ``top``)."""
     rows, cols = rgb.shape[:2]
-    scale = _font_scale([NOT_FOR_DIAGNOSIS], cols, rows)
-    thickness = max(1, round(scale * 1.6))
-    block_h = int(cv2.getTextSize(NOT_FOR_DIAGNOSIS, FONT, scale, thickness)[0][1] * LINE_SPACING) + 2
-    _text_block(rgb, [(NOT_FOR_DIAGNOSIS, WARNING_COLOUR)], max(0, rows - block_h * 2))
+    backdrop = rgb[top : min(rows, top + layout.height), left : min(cols, left + layout.width)]
+    np.multiply(backdrop, BACKDROP_DIM, out=backdrop, casting="unsafe")
+    y = top + layout.margin
+    for text, colour in lines:
+        y += layout.line_h
+        origin = (left + layout.margin, y - layout.line_h // 4)
+        cv2.putText(rgb, text, origin, FONT, layout.scale, colour, layout.thickness, cv2.LINE_AA)
+
+
+def free_side_width(labels: np.ndarray) -> int:
+    """Width of the wider image band left or right of the segmented column (the whole width if none)."""
+    columns = np.flatnonzero((labels != SpineClass.F).any(axis=0))
+    cols = labels.shape[1]
+    if columns.size == 0:
+        return cols
+    return max(int(columns[0]), cols - 1 - int(columns[-1]))
+
+
+def legend_corner(labels: np.ndarray, width: int, height: int) -> tuple[int, int]:
+    """The image corner (left, top) where a ``width`` x ``height`` legend hides the fewest segmented
+    pixels (top left first among equals)."""
+    rows, cols = labels.shape
+    width, height = min(width, cols), min(height, rows)
+    foreground = labels != SpineClass.F
+    corners = [(0, 0), (cols - width, 0), (0, rows - height), (cols - width, rows - height)]
+    hidden = [int(np.count_nonzero(foreground[top : top + height, left : left + width])) for left, top in corners]
+    return corners[int(np.argmin(hidden))]
+
+
+def _warning_band(rgb: np.ndarray) -> None:
+    """ "NOT FOR DIAGNOSTIC USE" across the bottom of the image."""
+    rows, cols = rgb.shape[:2]
+    lines = [(NOT_FOR_DIAGNOSIS, WARNING_COLOUR)]
+    layout = text_layout(lines, _font_scale([NOT_FOR_DIAGNOSIS], cols, rows))
+    _text_block(rgb, lines, layout, 0, max(0, rows - layout.height))
+
+
+def draw_legend(rgb: np.ndarray, labels: np.ndarray, prediction: Prediction, card: ModelCard) -> None:
+    """The legend in the image corner where it hides the least of the column, sized to the band beside
+    the column when that band is wide enough to read it, and the warning across the bottom (in place)."""
+    rows, cols = rgb.shape[:2]
+    lines = legend_lines(prediction, card)
+    layout = text_layout(lines, _font_scale([t for t, _ in lines], cols, rows, room=free_side_width(labels)))
+    left, top = legend_corner(labels, layout.width, layout.height)
+    _text_block(rgb, lines, layout, left, top)
+    _warning_band(rgb)
+
+
+def unreliable_lines(prediction: Prediction, card: ModelCard) -> list[tuple[str, tuple[int, int, int]]]:
+    """What the overlay of an unreliable prediction says instead of drawing its mask."""
+    return [
+        (NO_RELIABLE_SEGMENTATION, WARNING_COLOUR),
+        *((f"- {reason}", TEXT_COLOUR) for reason in prediction.quality.reasons),
+        (f"model {card.name} {card.version}", TEXT_COLOUR),
+    ]
+
+
+def draw_unreliable(rgb: np.ndarray, prediction: Prediction, card: ModelCard) -> None:
+    """ "NO RELIABLE SEGMENTATION" and the reasons at the top, the warning across the bottom (in place)."""
+    rows, cols = rgb.shape[:2]
+    lines = unreliable_lines(prediction, card)
+    _text_block(rgb, lines, text_layout(lines, _font_scale([t for t, _ in lines], cols, rows)), 0, 0)
+    _warning_band(rgb)
 
 
 def render_overlay(labels: np.ndarray, prediction: Prediction, card: ModelCard, rgb: np.ndarray) -> np.ndarray:
-    """Tint, outline and annotate ``rgb`` (the displayed source, modified in place); return it."""
+    """Tint, outline and annotate ``rgb`` (the displayed source, modified in place); return it. An
+    unreliable prediction's mask is not drawn: the image says that no reliable segmentation was obtained."""
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
     if rgb.shape[:2] != labels.shape:
         raise ValueError(f"display image {rgb.shape[:2]} and labels {labels.shape} differ in size")
+    if not prediction.quality.reliable:
+        draw_unreliable(rgb, prediction, card)
+        return rgb
     tint(rgb, labels)
     outline(rgb, labels)
-    draw_legend(rgb, prediction, card)
+    draw_endplates(rgb, prediction.measurements)
+    draw_legend(rgb, labels, prediction, card)
     return rgb
 
 
@@ -188,24 +279,6 @@ def _source_image_item(source: Dataset) -> Dataset:
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(SOURCE_IMAGE_PURPOSE)]
     return item
-
-
-def _copy_anatomy(sc: Dataset, source: Dataset) -> None:
-    """Body Part Examined, and Laterality (type 2C) unless the body part is a known unpaired structure.
-
-    Laterality is the source's, else its Image Laterality when that is L or R, else empty.
-    """
-    body_part = str(source.get("BodyPartExamined", "") or "")
-    if body_part:
-        sc.BodyPartExamined = body_part
-    if body_part.strip().upper() in UNPAIRED_BODY_PARTS:
-        return
-    for keyword in ("Laterality", "ImageLaterality"):
-        value = str(source.get(keyword, "") or "")
-        if value in PAIRED_LATERALITY:
-            sc.Laterality = value
-            return
-    sc.Laterality = ""
 
 
 def build_overlay(
@@ -265,8 +338,17 @@ def build_overlay(
         f"Segmentation by {card.name} {card.version} burned into the displayed source: "
         f"V green, T1 red; {NOT_FOR_DIAGNOSIS}"
     )
-    _copy_anatomy(sc, source)
+    copy_anatomy(sc, source)
     return sc
 
 
-__all__ = ["NOT_FOR_DIAGNOSIS", "build_overlay", "colour_labels", "display_rgb", "legend_lines", "render_overlay"]
+__all__ = [
+    "NOT_FOR_DIAGNOSIS",
+    "NO_RELIABLE_SEGMENTATION",
+    "build_overlay",
+    "legend_corner",
+    "colour_labels",
+    "display_rgb",
+    "legend_lines",
+    "render_overlay",
+]

@@ -3,9 +3,21 @@
 The SEG is built with ``highdicom.seg.Segmentation`` and then completed where highdicom leaves a single
 2D projection image (no Frame of Reference) short:
 
-* Patient Orientation is copied from the source (highdicom leaves it out; it is type 2C for SEG).
-* Pixel Measures come from Imager Pixel Spacing when the source has no Pixel Spacing (highdicom only
-  reads Pixel Spacing).
+* Patient Orientation is copied from the source (highdicom leaves it out; it is type 2C for SEG), and
+  so is Body Part Examined. Laterality is not: dciodvfy rejects it in a SEG whatever the body part
+  (its General Series condition for this IOD), while PixelMed asks for it (``tests/pixelmed.py``).
+* A shared Pixel Measures item always: OHIF 3.13's SEG viewport reads it and fails without one. It carries
+  the source's spacing (Pixel Spacing, else Imager Pixel Spacing) when that is usable, and Slice
+  Thickness only when the source has one: a radiograph has no slice and none is invented. For a SEG
+  without a Frame of Reference both are optional (PS3.3 C.7.6.16.2.1, as corrected by CP 1426), and the
+  item may be empty. highdicom's reader insists on Slice Thickness in any Pixel Measures and refuses such
+  a SEG; ``seg_compare.read_segmentation`` reads it (``tests/dicom_node/test_writers.py`` pins both).
+* A SEG whose 1-bit pixel data would have an odd number of bytes is written as FRACTIONAL (OCCUPANCY,
+  only 0 and the Maximum Fractional Value: the same binary mask, 8 bits a pixel). PS3.5 8.1.1 pads such
+  pixel data with one byte to an even length; OHIF 3.13's reader (dcmjs) insists on the unpadded length
+  for frames that are not whole bytes and rejects the file. A FRACTIONAL occupancy of 0 or 1 is the
+  standard's other encoding of the same segment (PS3.3 C.8.20.2.3), and its byte count is always even;
+  OHIF reads a fractional SEG of only 0 and the maximum as binary.
 * A shared Plane Orientation (Patient) is added so that OHIF (>= 3.9) can load a SEG of a 2D image: its
   loader reads the orientation of the SEG and compares it with that of the source, for which it assumes
   rows along +x and columns along +y when the source has none.
@@ -24,8 +36,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.valuerep import format_number_as_ds
 
 from dicom_node.uids import tracking_uid
+from dicom_node.writers.source import usable_spacing
 from inference.classes import CLASS_COLOURS, SpineClass
 from inference.model_card import ModelCard
 
@@ -35,9 +49,7 @@ SPINE_SEGMENT = 1
 T1_SEGMENT = 2
 CONTENT_LABEL = "SPINENODE"
 INSTANCE_NUMBER = 1
-# Slice thickness recorded with a projection image's spacing: a radiograph has no slice, the value only
-# completes the Pixel Measures (the SEG frames are not part of a volume).
-PROJECTION_SLICE_THICKNESS_MM = 1.0
+BITS_PER_BYTE = 8
 # Orientation OHIF assumes for a 2D image without Image Orientation (Patient): rows +x, columns +y.
 DEFAULT_2D_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
@@ -114,16 +126,40 @@ def segment_array(labels: np.ndarray) -> np.ndarray:
     return planes
 
 
-def pixel_measures_for(source: Dataset) -> hd.PixelMeasuresSequence | None:
-    """Pixel Measures to pass to highdicom: from Imager Pixel Spacing when the source has only that.
+def source_spacing(source: Dataset) -> tuple[float, float] | None:
+    """The source's usable Pixel Spacing, else Imager Pixel Spacing (row, column, mm)."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = usable_spacing(source.get(keyword))
+        if spacing is not None:
+            return spacing
+    return None
 
-    With Pixel Spacing in the source (or no spacing at all) highdicom's own choice is kept (``None``).
-    """
-    if "PixelSpacing" in source or "ImagerPixelSpacing" not in source:
+
+def segmentation_type(rows: int, cols: int) -> hd.seg.SegmentationTypeValues:
+    """BINARY, or FRACTIONAL when BINARY's packed pixel data (one frame per segment) would need a pad byte."""
+    packed_bytes = -(-rows * cols * len(SEGMENTS) // BITS_PER_BYTE)
+    if packed_bytes % 2:
+        return hd.seg.SegmentationTypeValues.FRACTIONAL
+    return hd.seg.SegmentationTypeValues.BINARY
+
+
+def pixel_measures_for(source: Dataset) -> hd.PixelMeasuresSequence | None:
+    """Pixel Measures for highdicom's constructor when the source has a spacing and a Slice Thickness, else
+    ``None`` (the item is then written by ``_complete_2d_geometry``)."""
+    spacing = source_spacing(source)
+    thickness = source.get("SliceThickness")
+    if spacing is None or thickness is None or thickness == "":
         return None
-    spacing = [float(v) for v in source.ImagerPixelSpacing]
-    thickness = float(source.get("SliceThickness") or PROJECTION_SLICE_THICKNESS_MM)
-    return hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=thickness)
+    return hd.PixelMeasuresSequence(pixel_spacing=list(spacing), slice_thickness=float(thickness))
+
+
+def _projection_pixel_measures(source: Dataset) -> Dataset:
+    """The shared Pixel Measures item of a projection image's SEG: its spacing, if any, and nothing else."""
+    item = Dataset()
+    spacing = source_spacing(source)
+    if spacing is not None:
+        item.PixelSpacing = [format_number_as_ds(v) for v in spacing]
+    return item
 
 
 def _source_reference_item(source: Dataset) -> Dataset:
@@ -152,13 +188,16 @@ def _ensure_references(seg: hd.seg.Segmentation, source: Dataset) -> None:
         frame.DerivationImageSequence = [derivation]
 
 
-def _complete_2d_geometry(seg: hd.seg.Segmentation, source: Dataset) -> None:
-    """Patient Orientation and a readable Plane Orientation for a source without a Frame of Reference."""
+def _complete_2d_geometry(seg: hd.seg.Segmentation, source: Dataset, measures: hd.PixelMeasuresSequence | None) -> None:
+    """Patient Orientation, Pixel Measures as decided, and a readable Plane Orientation for a source
+    without a Frame of Reference."""
     if "PatientOrientation" not in seg:
         seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if measures is None:  # replaces highdicom's own, if any (see the module docstring)
+        shared.PixelMeasuresSequence = [_projection_pixel_measures(source)]
     if "FrameOfReferenceUID" in source:
         return
-    shared = seg.SharedFunctionalGroupsSequence[0]
     if "PlaneOrientationSequence" not in shared:
         shared.PlaneOrientationSequence = hd.PlaneOrientationSequence(
             coordinate_system=hd.CoordinateSystemNames.PATIENT, image_orientation=DEFAULT_2D_ORIENTATION
@@ -179,14 +218,20 @@ def build_segmentation(
     software_versions: str | Sequence[str],
     content_qualification: str | None = None,
 ) -> hd.seg.Segmentation:
-    """The BINARY SEG of ``labels`` (uint8, SpineClass values, the source's rows and columns)."""
+    """The SEG of ``labels`` (uint8, SpineClass values, the source's rows and columns): BINARY, or a
+    FRACTIONAL occupancy of 0 and 1 where BINARY would need a pad byte (``segmentation_type``)."""
     rows, cols = int(source.Rows), int(source.Columns)
     if labels.shape != (rows, cols):
         raise ValueError(f"labels of shape {labels.shape} do not match the source image ({rows}, {cols})")
+    measures = pixel_measures_for(source)
+    kind = segmentation_type(rows, cols)
+    planes = segment_array(labels)
+    fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
     seg = hd.seg.Segmentation(
         source_images=[source],
-        pixel_array=segment_array(labels),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=planes.astype(np.float32) if fractional else planes,
+        segmentation_type=kind,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
         segment_descriptions=segment_descriptions(card, source.SOPInstanceUID),
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -198,12 +243,15 @@ def build_segmentation(
         device_serial_number=card.version,
         content_label=CONTENT_LABEL,
         content_description=content_description,
-        pixel_measures=pixel_measures_for(source),
+        pixel_measures=measures,
         omit_empty_frames=False,
         series_description=series_description,
         content_qualification=content_qualification,
     )
-    _complete_2d_geometry(seg, source)
+    _complete_2d_geometry(seg, source, measures)
+    body_part = str(source.get("BodyPartExamined", "") or "")
+    if body_part:
+        seg.BodyPartExamined = body_part
     _ensure_references(seg, source)
     return seg
 
@@ -218,4 +266,6 @@ __all__ = [
     "pixel_measures_for",
     "segment_array",
     "segment_descriptions",
+    "segmentation_type",
+    "source_spacing",
 ]

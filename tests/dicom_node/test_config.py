@@ -45,6 +45,7 @@ def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("[node\n", "n.toml"),
         ("[metrics]\nalert_below = 1.5\n", "metrics settings"),
         ("[metrics]\nwindow = 5\n", "unknown [metrics] keys"),
+        ('[node]\ndefault_character_set = "latin1"\n', "not a DICOM character set"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:

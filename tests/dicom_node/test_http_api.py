@@ -147,12 +147,13 @@ def test_models_are_the_cards(served: Served) -> None:
 def test_page_and_its_files(served: Served) -> None:
     page = served.client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "synthetic-trained — not for diagnostic use" in page.text
+    assert 'id="model-warning"' in page.text and 'id="quality"' in page.text  # filled from the model card
     for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
         r = served.client.get(asset)
         assert r.status_code == 200 and r.content, asset
     script = served.client.get("/static/app.js").text
     assert "/api/segment" in script and "/api/jobs" in script and "/api/models" in script
+    assert "disclaimer" in script and "No reliable segmentation" in script
     assert "https://" not in page.text + script, "the page loads nothing from elsewhere"
 
 
@@ -470,9 +471,12 @@ def test_config_http_defaults_and_toml(tmp_path: Path) -> None:
     shipped = load_config(PROJECT / "config" / "node.toml")
     assert shipped.http_host == "127.0.0.1"
     toml = tmp_path / "node.toml"
-    toml.write_text('[http]\nhost = "0.0.0.0"\nport = 8089\n')
-    assert (load_config(toml).http_host, load_config(toml).http_port) == ("0.0.0.0", 8089)
+    toml.write_text('[http]\nhost = "127.0.0.2"\nport = 8089\n')
+    assert (load_config(toml).http_host, load_config(toml).http_port) == ("127.0.0.2", 8089)
     assert load_config(toml, http_port=9000).http_port == 9000
+    toml.write_text('[http]\nhost = "0.0.0.0"\nport = 8089\n')  # beyond loopback: only with authentication
+    with pytest.raises(ConfigError, match="without authentication"):
+        load_config(toml)
     toml.write_text("[http]\nlisten = 1\n")
     with pytest.raises(ConfigError, match=r"unknown \[http\] keys"):
         load_config(toml)

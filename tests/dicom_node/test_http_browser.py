@@ -29,6 +29,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.http.server import HttpServer
 from dicom_node.node import Node
 from dicom_node.report import audit_report
+from inference.model_card import DEMO_DISCLAIMER
 from inference.phantom_dicom import write_phantoms
 from inference.registry import ModelRegistry
 from tests.conftest import PROJECT, free_port, npm_ci, require_tool, storescu
@@ -40,7 +41,7 @@ DEFAULT_MODEL = "demo-unetplusplus"
 NPM_TIMEOUT_S = 300
 BROWSER_TIMEOUT_S = 240
 PNG_SEED = 930002
-DEMO_LABEL = "synthetic-trained — not for diagnostic use"
+DEMO_LABEL = DEMO_DISCLAIMER  # the page shows each model card's disclaimer
 
 
 def run_page(url: str, image: Path, screenshot: Path, via: str = "picker", node_screenshot: Path | None = None) -> dict:

@@ -39,7 +39,7 @@ from dicom_node.comparisons import aggregate, format_metrics
 from dicom_node.config import Destination, NodeConfig
 from dicom_node.node import Node
 from dicom_node.scp import Refusal
-from dicom_node.seg_compare import matching_segments
+from dicom_node.seg_compare import matching_segments, read_segmentation
 from dicom_node.status import StoreStatus
 from dicom_node.storage import dataset_bytes
 from dicom_node.writers.evaluation_sr import DICE, INTERSECTION_PIXELS, JACCARD, PREDICTED_PIXELS, REFERENCE_PIXELS
@@ -137,7 +137,7 @@ def sr_figures(sr_path: Path) -> dict[str, dict[str, float]]:
     """Measurement name -> value for each group of the evaluation SR, by finding type code."""
     sr = hd.sr.srread(sr_path)
     out: dict[str, dict[str, float]] = {}
-    for group in sr.content.get_volumetric_roi_measurement_groups():
+    for group in sr.content.get_planar_roi_measurement_groups():
         out[group.finding_type.value] = {m.name.meaning: float(m.value) for m in group.get_measurements()}
     return out
 
@@ -188,6 +188,43 @@ def received_file(dest: StoreSCP, sop_uid: str) -> Path | None:
 
 def sent_ok(proc: object) -> bool:
     return getattr(proc, "returncode", 1) == 0
+
+
+@pytest.mark.parametrize("spacing", ["ImagerPixelSpacing", "PixelSpacing", None])
+def test_comparison_reads_our_seg_for_every_source_kind(tmp_path: Path, spacing: str | None) -> None:
+    """Our SEG read back with highdicom and compared with a reader's, for a DX with Imager Pixel Spacing, with
+    Pixel Spacing, and with no spacing at all; the evaluation SR is valid for each."""
+    from dicom_node.seg_compare import compare
+    from dicom_node.writers import build_outputs
+    from dicom_node.writers.evaluation_sr import build_evaluation_report
+    from inference.phantom_dicom import phantom_to_dataset
+    from tests.dicom_node.test_writers import fake_prediction, make_card
+
+    seed = PHANTOM_SEEDS[0]
+    phantom = make_phantom(seed, height=PHANTOM_HEIGHT)
+    source = phantom_to_dataset(phantom)
+    value = source.ImagerPixelSpacing
+    del source.ImagerPixelSpacing
+    if spacing is not None:
+        setattr(source, spacing, value)
+    source_path = tmp_path / "source.dcm"
+    source.save_as(source_path, enforce_file_format=True)
+    card = make_card(demo=False)
+    outputs = build_outputs(source, fake_prediction(phantom, card, None), card, display_image=phantom.display_image())
+    assert outputs.seg is not None
+    seg_path = tmp_path / "seg.dcm"
+    seg_path.write_bytes(dataset_bytes(outputs.seg))
+    # our SEG and a reader's SEG made with highdicom both carry Pixel Measures without Slice Thickness,
+    # which highdicom's segread refuses: the node reads SEGs with read_segmentation
+    ours = read_segmentation(seg_path)
+    reference = read_segmentation(reference_seg(source_path, seed, tmp_path))
+    comparisons = compare(ours, reference, str(source.SOPInstanceUID))
+    assert {c.spec.label: c.dice for c in comparisons} == {"Spine": 1.0, "T1 vertebra": 1.0}  # truth vs truth
+    report = build_evaluation_report(source, ours, reference, comparisons, card)
+    report_path = tmp_path / "eval.dcm"
+    report_path.write_bytes(dataset_bytes(report))
+    assert dciodvfy_errors(report_path) == []
+    assert {figures[DICE.meaning] for figures in sr_figures(report_path).values()} == {1.0}
 
 
 # --- fixtures -----------------------------------------------------------------------------------------

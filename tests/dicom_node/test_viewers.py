@@ -5,7 +5,8 @@ cornerstone's cache) and walks a TID 1500 SR with the adapters' measurement-repo
 ``tests/viewers/read_outputs.mjs`` runs exactly that in Node.js on a phantom DX and the SEG and SR built
 from its true labels; this module installs the pinned npm packages (``npm ci``, from
 ``tests/viewers/package-lock.json``) when needed and checks what the readers got: the two segments on the
-right pixels, and the SR's two measurement groups with their segment references and figures.
+right pixels, and the SR's two measurement groups with their regions on the source image, the SEG
+segments' Tracking UIDs and their figures.
 
 Weasis matches SEG frames to images through DerivationImageSequence -> SourceImageSequence ->
 ReferencedSOPInstanceUID; that is checked on every frame.
@@ -107,12 +108,14 @@ def test_cornerstone_labelmap_has_the_segments_on_the_right_pixels(run: ReaderRu
 def test_adapters_parse_the_sr_measurement_groups(run: ReaderRun) -> None:
     groups = {g["trackingIdentifier"]: g for g in run.result["measurementGroups"]}
     assert set(groups) == set(SEGMENT_LABELS.values())
+    seg_tracking = {str(s.SegmentLabel): str(s.TrackingUID) for s in dcmread(run.seg_path).SegmentSequence}
     pixel_area = run.spacing_mm**2
     for number, label in SEGMENT_LABELS.items():
         group = groups[label]
-        assert group["segmentNumber"] == number
-        assert group["segSopInstanceUID"] == run.seg_uid
-        assert group["TrackingUniqueIdentifier"]
+        assert group["trackingUID"] == seg_tracking[label]  # ties the group to the SEG segment
+        region = group["region"]
+        assert region["graphicType"] == "POLYLINE" and region["points"] >= 4
+        assert region["sopInstanceUID"] == run.source_uid
         measurements = {m["name"]: m for m in group["measurements"]}
         pixels = int(np.isin(run.labels, SEGMENT_CLASSES[number]).sum())
         assert measurements[AREA]["unit"] == "mm2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import highdicom as hd
@@ -18,6 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from dicom_node.seg_compare import read_segmentation
 from dicom_node.uids import output_uid
 from dicom_node.writers import Outputs, build_outputs
 from dicom_node.writers.overlay import NOT_FOR_DIAGNOSIS
@@ -111,7 +113,7 @@ def concept(item: Dataset) -> tuple[str, str, str]:
     return code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning
 
 
-def group_measurements(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations) -> dict[str, hd.sr.Measurement]:
+def group_measurements(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> dict[str, hd.sr.Measurement]:
     return {m.name.meaning: m for m in group.get_measurements()}
 
 
@@ -174,7 +176,7 @@ def test_output_uid_is_a_version_8_uuid() -> None:
 
 
 def test_seg_segments_and_algorithm(written: Written) -> None:
-    seg = hd.seg.segread(written.paths["seg"])
+    seg = read_segmentation(written.paths["seg"])
     assert seg.SegmentationType == "BINARY"
     assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2]
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Spine", "T1 vertebra"]
@@ -191,7 +193,7 @@ def test_seg_segments_and_algorithm(written: Written) -> None:
 
 
 def test_seg_pixels_reproduce_the_labels(written: Written) -> None:
-    seg = hd.seg.segread(written.paths["seg"])
+    seg = read_segmentation(written.paths["seg"])
     src = written.source
     assert (seg.Rows, seg.Columns, seg.NumberOfFrames) == (src.Rows, src.Columns, 2)
     planes = seg.get_pixels_by_source_instance(source_sop_instance_uids=[src.SOPInstanceUID], segment_numbers=[1, 2])[0]
@@ -211,8 +213,61 @@ def test_seg_references_and_2d_geometry(written: Written) -> None:
     assert list(seg.PatientOrientation) == list(src.PatientOrientation)
     shared = seg.SharedFunctionalGroupsSequence[0]
     assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
-    spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
-    assert spacing == pytest.approx([float(v) for v in src.ImagerPixelSpacing])
+    # the source's spacing for OHIF's SEG viewport; a radiograph has no slice thickness and none is invented
+    [measures] = shared.PixelMeasuresSequence
+    assert [float(v) for v in measures.PixelSpacing] == pytest.approx([float(v) for v in src.ImagerPixelSpacing])
+    assert "SliceThickness" not in src and "SliceThickness" not in measures
+    assert "Laterality" not in seg and seg.BodyPartExamined == src.BodyPartExamined
+
+
+def test_seg_reads_back_with_highdicom(written: Written) -> None:
+    """highdicom's segread refuses Pixel Measures without Slice Thickness, which the standard allows for a
+    SEG without a Frame of Reference (CP 1426) and OHIF needs: pinned, so that a fixed highdicom shows up;
+    ``read_segmentation`` (how the node reads SEGs) gives highdicom's Segmentation of the same file."""
+    with pytest.raises(AttributeError, match="Pixel Measures"):
+        hd.seg.segread(written.paths["seg"])
+    seg = read_segmentation(written.paths["seg"])
+    pixels = seg.get_pixels_by_source_instance([written.source.SOPInstanceUID], combine_segments=False)
+    labels = written.prediction.labels
+    assert np.array_equal(pixels[0, ..., 0] > 0, np.isin(labels, [SpineClass.V, SpineClass.T1]))
+    assert np.array_equal(pixels[0, ..., 1] > 0, labels == SpineClass.T1)
+
+
+def test_seg_with_slice_thickness_carries_pixel_measures(phantom: Phantom, tmp_path: Path) -> None:
+    source = phantom_to_dataset(phantom)
+    source.SliceThickness = "1.5"  # a source that has one (a tomosynthesis slice, a CT localiser)
+    card = make_card()
+    out = build_and_write(source, fake_prediction(phantom, card, (phantom.pixel_spacing_mm,) * 2), card, tmp_path)
+    measures = out.read("seg").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == pytest.approx([float(v) for v in source.ImagerPixelSpacing])
+    assert float(measures.SliceThickness) == 1.5
+    assert hd.seg.segread(out.paths["seg"]).get_segment_numbers() == [1, 2]
+    assert dciodvfy_errors(out.paths["seg"]) == []
+
+
+@pytest.mark.parametrize(
+    "seed, height, kind", [(940020, 409, "BINARY"), (940016, 401, "FRACTIONAL")], ids=["even", "odd-bytes"]
+)
+def test_seg_never_needs_a_pad_byte(tmp_path: Path, seed: int, height: int, kind: str) -> None:
+    """A BINARY SEG whose packed bits would end in a pad byte is written as a FRACTIONAL occupancy of 0 and
+    1 instead (OHIF 3.13 rejects the padded file): the same mask, read back identically."""
+    phantom = make_phantom(seed, height=height)
+    card = make_card()
+    out = build_and_write(
+        phantom_to_dataset(phantom), fake_prediction(phantom, card, None), card, tmp_path, phantom.display_image()
+    )
+    seg = out.read("seg")
+    assert seg.SegmentationType == kind
+    bits = int(seg.Rows) * int(seg.Columns) * int(seg.NumberOfFrames) * int(seg.BitsAllocated)
+    assert bits % 16 == 0  # whole, even bytes: no pad byte for a reader to trip over
+    if kind == "FRACTIONAL":
+        assert seg.SegmentationFractionalType == "OCCUPANCY"
+        assert set(np.unique(seg.pixel_array)) <= {0, int(seg.MaximumFractionalValue)}
+    pixels = read_segmentation(out.paths["seg"]).get_pixels_by_source_instance(
+        [out.source.SOPInstanceUID], combine_segments=False
+    )
+    assert np.array_equal(pixels[0, ..., 1] > 0, phantom.mask == SpineClass.T1)
+    assert dciodvfy_errors(out.paths["seg"]) == []
 
 
 # --- SR -----------------------------------------------------------------------------------------------
@@ -222,15 +277,21 @@ def test_sr_measurement_groups(written: Written, phantom: Phantom) -> None:
     sr = hd.sr.srread(written.paths["sr"])
     assert isinstance(sr, hd.sr.Comprehensive3DSR)
     assert concept(sr)[0] == "126000"
-    groups = sr.content.get_volumetric_roi_measurement_groups()
+    groups = sr.content.get_planar_roi_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["Spine", "T1 vertebra"]
     seg_tracking = {d.SegmentLabel: d.TrackingUID for d in written.outputs.seg.SegmentSequence}
     pixel_area = phantom.pixel_spacing_mm**2
     counts = {"Spine": int(np.count_nonzero(phantom.mask)), "T1 vertebra": int(np.count_nonzero(phantom.mask == 2))}
     for group in groups:
         assert group.tracking_uid == seg_tracking[group.tracking_identifier]
-        reference = group.referenced_segment
-        assert reference is not None
+        region = group.roi  # the segment's outline on the source image (OHIF draws it)
+        assert region is not None and region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        points = region.value
+        assert np.array_equal(points[0], points[-1])  # closed
+        mask = phantom.mask > 0 if group.tracking_identifier == "Spine" else phantom.mask == 2
+        rows, cols = np.nonzero(mask)
+        assert points[:, 0].min() <= cols.min() + 1 and points[:, 0].max() >= cols.max()
+        assert points[:, 1].min() <= rows.min() + 1 and points[:, 1].max() >= rows.max()
         measurements = group_measurements(group)
         area = measurements["Area"]
         assert (area.name.value, area.unit.value) == (AREA_CODE, "mm2")
@@ -252,13 +313,14 @@ def test_sr_measurement_groups(written: Written, phantom: Phantom) -> None:
     assert t1[FLIP_DICE.meaning].unit.value == "1"
 
 
-def test_sr_segment_references_and_evidence(written: Written) -> None:
+def test_sr_regions_and_evidence(written: Written) -> None:
     sr, src, seg = written.read("sr"), written.source, written.outputs.seg
-    references = [i for i in content_items(sr) if concept(i)[0] == "121191"]
-    assert [int(r.ReferencedSOPSequence[0].ReferencedSegmentNumber) for r in references] == [1, 2]
-    for ref in references:
-        assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
-        assert "ReferencedFrameNumber" not in ref.ReferencedSOPSequence[0]
+    assert seg is not None
+    regions = [i for i in content_items(sr) if i.ValueType == "SCOORD"]
+    assert len(regions) == 2  # one per segment, each on the source image
+    for region in regions:
+        [image] = region.ContentSequence
+        assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     images = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in content_items(sr) if i.ValueType == "IMAGE"}
     assert src.SOPInstanceUID in images
     assert any(concept(i)[0] == IMAGE_LIBRARY for i in content_items(sr))
@@ -334,7 +396,7 @@ def test_source_with_pixel_spacing_only(phantom: Phantom, tmp_path: Path) -> Non
     sr = hd.sr.srread(out.paths["sr"])
     # highdicom describes a DX in the Image Library only with Imager Pixel Spacing: the library is left out
     assert not any(concept(i)[0] == IMAGE_LIBRARY for i in content_items(sr))
-    groups = sr.content.get_volumetric_roi_measurement_groups()
+    groups = sr.content.get_planar_roi_measurement_groups()
     area = group_measurements(groups[1])["Area"]
     assert area.unit.value == "mm2"
     assert area.value == pytest.approx(np.count_nonzero(phantom.mask == 2) * phantom.pixel_spacing_mm**2)
@@ -347,8 +409,9 @@ def test_source_without_spacing_reports_pixels(phantom: Phantom, tmp_path: Path)
     out = build_and_write(source, fake_prediction(phantom, card, None), card, tmp_path)
     for path in out.paths.values():
         assert dciodvfy_errors(path) == [], path.name
-    assert "PixelMeasuresSequence" not in out.read("seg").SharedFunctionalGroupsSequence[0]
-    groups = hd.sr.srread(out.paths["sr"]).content.get_volumetric_roi_measurement_groups()
+    [measures] = out.read("seg").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    assert "PixelSpacing" not in measures and "SliceThickness" not in measures  # an empty item, for OHIF
+    groups = hd.sr.srread(out.paths["sr"]).content.get_planar_roi_measurement_groups()
     expected = {"Spine": np.count_nonzero(phantom.mask), "T1 vertebra": np.count_nonzero(phantom.mask == 2)}
     for group in groups:
         area = group_measurements(group)["Area"]
@@ -359,3 +422,24 @@ def test_source_without_spacing_reports_pixels(phantom: Phantom, tmp_path: Path)
     comments = [i.TextValue for i in content_items(sr) if i.ValueType == "TEXT" and concept(i)[2] == "Comment"]
     assert comments and all(c == card.disclaimer and "NOT FOR DIAGNOSTIC USE" in c for c in comments)
     assert "Research model" in card.disclaimer and "(DEMO" not in sr.SeriesDescription
+
+
+# --- IHE AI Results provenance ------------------------------------------------------------------------
+
+
+def test_every_output_names_the_algorithm_as_contributing_equipment(phantom: Phantom) -> None:
+    card, other = make_card(), make_card(weights=OTHER_WEIGHTS)
+    source = phantom_to_dataset(phantom)
+    prediction = fake_prediction(phantom, card, None)
+    started = datetime(2026, 3, 4, 5, 6, 7, 890000)
+    outputs = build_outputs(source, prediction, card, display_image=phantom.display_image(), started=started)
+    again = build_outputs(source, prediction, other, display_image=phantom.display_image(), started=started)
+    for ds, retrained in zip(outputs.datasets(), again.datasets(), strict=True):
+        [item] = ds.ContributingEquipmentSequence
+        assert item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"  # Processing Equipment
+        assert item.Manufacturer == "SpineNode" and item.ManufacturerModelName == card.display_name
+        assert f"{card.name} {card.version}" in list(item.SoftwareVersions)
+        assert UID(item.DeviceUID).is_valid
+        assert item.DeviceUID != retrained.ContributingEquipmentSequence[0].DeviceUID  # other weights
+        assert (ds.ContentDate, ds.ContentTime) == ("20260304", "050607.890000")  # when the analysis started
+    assert outputs.sr.VerificationFlag == "UNVERIFIED"

@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 
 from dicom_node.seg_compare import compare
 from dicom_node.writers import build_outputs
+from dicom_node.writers.anatomy import UNPAIRED_BODY_PARTS
 from dicom_node.writers.evaluation_sr import build_evaluation_report
-from dicom_node.writers.overlay import UNPAIRED_BODY_PARTS
 from dicom_node.writers.source import TYPE2_PATIENT_STUDY, writable_source
 from inference.phantom import make_phantom
 from inference.phantom_dicom import phantom_to_dataset

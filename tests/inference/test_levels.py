@@ -10,7 +10,7 @@ import pytest
 from inference.augment import Stored, augment
 from inference.cobb import endplate_tilt_deg
 from inference.levels import LEVEL_CLASS_ORDER, NUM_LEVEL_CLASSES, group_probabilities, native_levels
-from inference.measure import measure
+from inference.measure import measure, reportable
 from inference.prediction import SPINE, class_stats
 from inference.quality import QualityFigures, QualityThresholds, assess, judge
 from inference.spineweb import SpineWeb, level_mask
@@ -90,3 +90,18 @@ def test_augment_views(record_and_levels: tuple) -> None:
     assert sum(int((y > 0).any()) for _, y in views) >= 25  # the spine stays in view in almost every one
     again = augment(np.random.default_rng(3), stored, (96, 32))
     np.testing.assert_array_equal(again[1], views[0][1])  # seeded: reproducible
+
+
+def test_measurements_reported_only_as_far_as_the_model_is_validated(record_and_levels: tuple) -> None:
+    _, _, levels = record_and_levels
+    m = measure(levels)
+    good = {"validation": {"measurements": {"cobb": {"smape_percent": 9.0}, "t1_tilt": {"mae_deg": 2.5}}}}
+    assert reportable(m, good).cobb == m.cobb and reportable(m, good).t1_tilt_deg == m.t1_tilt_deg
+    poor = {"validation": {"measurements": {"cobb": {"smape_percent": 43.5}, "t1_tilt": {"mae_deg": 11.2}}}}
+    withheld = reportable(m, poor)
+    assert withheld.cobb == [] and withheld.t1_tilt_deg is None
+    assert any("Cobb angles withheld: validation Cobb SMAPE 43.5 %" in n for n in withheld.notes)
+    assert any("T1 tilt withheld" in n for n in withheld.notes)
+    assert withheld.vertebrae == m.vertebrae  # the levels stay located
+    unknown = reportable(m, {})
+    assert unknown.cobb == [] and any("no validation figure recorded" in n for n in unknown.notes)

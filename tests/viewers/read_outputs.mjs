@@ -105,9 +105,9 @@ const segments = (result.segMetadata.data ?? [])
   .filter(Boolean);
 
 // --- SR: the TID 1500 measurement-report walk of the adapters --------------------------------------------
-// Our groups are volumetric ROIs on SEG segments (TID 1411), for which cornerstone has no drawing tool;
-// the adapter's getToolClass hook receives every group it parsed (tracking identifier found), and this
-// reader collects what the group says.
+// Our segment groups are planar ROIs (TID 1410) whose image region is a closed POLYLINE on the source, tied
+// to the SEG segment by the Tracking UID; the adapter's getToolClass hook receives every group it parsed
+// (tracking identifier found), and this reader collects what the group says.
 const sr = readDataset(srPath).dataset;
 const reader = {
   toolType: 'SpineNodeSegmentGroup',
@@ -120,12 +120,19 @@ const reader = {
         value: Number(first(item.MeasuredValueSequence).NumericValue),
         unit: first(first(item.MeasuredValueSequence).MeasurementUnitsCodeSequence).CodeValue,
       }));
-    const segmentItem = items.find((item) => item.ReferencedSOPSequence);
-    const segmentReference = segmentItem ? first(segmentItem.ReferencedSOPSequence) : undefined;
+    const uidItem = items.find((item) => item.ValueType === 'UIDREF');
+    const region = items.find((item) => item.ValueType === 'SCOORD');
+    const regionImage = region ? first(first([].concat(region.ContentSequence ?? [])).ReferencedSOPSequence) : null;
     return {
       trackingIdentifier,
-      segmentNumber: segmentReference ? Number(segmentReference.ReferencedSegmentNumber) : null,
-      segSopInstanceUID: segmentReference?.ReferencedSOPInstanceUID ?? null,
+      trackingUID: uidItem ? uidItem.UID : null,
+      region: region
+        ? {
+            graphicType: region.GraphicType,
+            points: [].concat(region.GraphicData ?? []).length / 2,
+            sopInstanceUID: regionImage?.ReferencedSOPInstanceUID ?? null,
+          }
+        : null,
       measurements,
     };
   },

@@ -1,0 +1,111 @@
+"""Cobb angles and T1 tilt in the TID 1500 SR, from the true vertebra levels of a real radiograph (SpineWeb
+validation image in a DX header): one group per angle and one for T1 tilt, with standard codes where they
+exist, end vertebrae as finding sites, endplate lines on the source image; valid for dciodvfy and
+PixelMed; none for an unreliable prediction, and the reason when a vertebra is missing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicom_node.writers import build_outputs
+from dicom_node.writers.spine_sr import COBB_ANGLE, T1_TILT, vertebra_code
+from inference.levels import vertebra_label
+from inference.measure import measure
+from inference.prediction import Prediction, Quality, class_stats
+from tests.dciodvfy import dciodvfy_errors
+from tests.dicom_node.test_writers import make_card
+from tests.pixelmed import sr_errors
+from tests.radiographs import SHARED_DATA, Radiograph, validation_radiographs
+
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/spineweb16")
+
+
+@pytest.fixture(scope="module")
+def radiograph() -> Radiograph:
+    return validation_radiographs(1)[0]
+
+
+def prediction_of(radiograph: Radiograph, levels: np.ndarray) -> Prediction:
+    """A prediction equal to ``levels`` (true labels), with its measurements."""
+    labels = radiograph.truth
+    confidence = np.full(labels.shape, 0.9, np.float32)
+    stats = class_stats(labels, confidence, None, np.ascontiguousarray(labels[:, ::-1]))
+    card = make_card(demo=False)
+    return Prediction(
+        labels, confidence, stats, card.name, card.version, False, 0.0, levels=levels, measurements=measure(levels)
+    )
+
+
+def groups_of(sr: Dataset) -> list[Dataset]:
+    [imaging] = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    return list(imaging.ContentSequence)
+
+
+def num_of(group: Dataset) -> Dataset:
+    return next(i for i in group.ContentSequence if i.ValueType == "NUM")
+
+
+def test_cobb_and_t1_tilt_groups(radiograph: Radiograph, tmp_path: Path) -> None:
+    prediction = prediction_of(radiograph, radiograph.levels)
+    m = prediction.measurements
+    assert m is not None and len(m.cobb) == 3 and m.t1_tilt_deg is not None
+    card = make_card(demo=False)
+    sr = build_outputs(radiograph.dataset, prediction, card).sr
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    assert sr_errors(path) == []
+    groups = groups_of(dcmread(path))
+    spine = groups[2:]  # after the two segment groups
+    assert len(spine) == 4
+    for group, curve in zip(spine[:3], m.cobb, strict=True):
+        num = num_of(group)
+        assert num.ConceptNameCodeSequence[0].CodeValue == COBB_ANGLE.value  # SCT 285285000
+        assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "deg"
+        assert float(num.MeasuredValueSequence[0].NumericValue) == pytest.approx(curve.angle_deg, abs=0.01)
+        sites = [i.ConceptCodeSequence[0].CodeValue for i in num.ContentSequence if i.ValueType == "CODE"]
+        assert sites == [vertebra_code(curve.upper).value, vertebra_code(curve.lower).value]
+        lines = [i for i in num.ContentSequence if i.ValueType == "SCOORD"]
+        assert [i.GraphicType for i in lines] == ["POLYLINE", "POLYLINE"]
+        drawn = [np.asarray(i.GraphicData, np.float64).reshape(-1, 2) - 0.5 for i in lines]
+        assert np.allclose(drawn[0], curve.upper_endplate, atol=1e-3)
+        assert np.allclose(drawn[1], curve.lower_endplate, atol=1e-3)
+        [image] = lines[0].ContentSequence
+        assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == radiograph.dataset.SOPInstanceUID
+    tilt = num_of(spine[3])
+    assert tilt.ConceptNameCodeSequence[0].CodeValue == T1_TILT.value
+    assert float(tilt.MeasuredValueSequence[0].NumericValue) == pytest.approx(m.t1_tilt_deg, abs=0.01)
+    read = hd.sr.srread(path)  # highdicom reads the groups back
+    assert len(read.content.get_planar_roi_measurement_groups()) == 2
+
+
+def test_missing_vertebra_gives_no_cobb_group_and_says_why(radiograph: Radiograph) -> None:
+    levels = radiograph.levels.copy()
+    levels[levels == vertebra_label(5)] = 0  # T6 not found
+    prediction = prediction_of(radiograph, levels)
+    sr = build_outputs(radiograph.dataset, prediction, make_card(demo=False)).sr
+    names = [num_of(g).ConceptNameCodeSequence[0].CodeValue for g in groups_of(sr)[2:]]
+    assert names == [T1_TILT.value]
+    texts = [i.TextValue for i in sr.ContentSequence[-1].ContentSequence if i.ValueType == "TEXT"]
+    assert any("Cobb angles not measured" in t and "T6" in t for t in texts)
+
+
+def test_unreliable_prediction_has_no_measurements(radiograph: Radiograph) -> None:
+    prediction = replace(prediction_of(radiograph, radiograph.levels), quality=Quality(False, ["T1 not found"]))
+    sr = build_outputs(radiograph.dataset, prediction, make_card(demo=False)).sr
+    [group] = groups_of(sr)  # the analysed image, so that OHIF can open the report
+    assert not [i for i in group.ContentSequence if i.ValueType == "NUM"]
+    finding = next(i for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121071")
+    assert finding.ConceptCodeSequence[0].CodeMeaning == "No reliable segmentation"
+    [region] = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+    rows, cols = int(radiograph.dataset.Rows), int(radiograph.dataset.Columns)
+    assert np.allclose(np.asarray(region.GraphicData).reshape(-1, 2).max(axis=0), [cols, rows])
+    texts = [i.TextValue for i in sr.ContentSequence[-1].ContentSequence if i.ValueType == "TEXT"]
+    assert any("T1 not found" in t for t in texts)
