@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from dicom_node.audit import AuditDB, ComparisonRecord, ReceivedSegRecord
+from dicom_node.audit import AuditDB, ComparisonRecord, ReceivedSegRecord, ReferenceState
 from inference.metrics import Overlap
+
+NOT_COMPARED_LISTED = 20  # the newest reference SEGs not compared (failed, unusable) listed with their reasons
 
 LOW_PERCENTILE = 5  # the "worst cases" figure: 5th percentile of the per-image values
 DIGITS = 4
@@ -108,6 +110,16 @@ def metrics_report(db: AuditDB, recent: int, alert_below: float, model: str | No
         report = aggregate(s.scalars(q), recent, alert_below)
         states = s.execute(select(ReceivedSegRecord.state, func.count()).group_by(ReceivedSegRecord.state))
         report["received_segs"] = {state.value: int(n) for state, n in states}
+        not_compared = (
+            select(ReceivedSegRecord)
+            .where(ReceivedSegRecord.state.in_((ReferenceState.FAILED, ReferenceState.UNUSABLE)))
+            .order_by(ReceivedSegRecord.id.desc())
+            .limit(NOT_COMPARED_LISTED)
+        )
+        report["not_compared"] = [
+            {"reference_sop_uid": r.instance.sop_instance_uid, "state": r.state.value, "reason": r.detail}
+            for r in s.scalars(not_compared)
+        ]
     report["model"] = model
     return report
 
@@ -138,6 +150,8 @@ def format_metrics(report: dict[str, Any]) -> str:
     if report.get("received_segs"):
         states = ", ".join(f"{n} {state}" for state, n in sorted(report["received_segs"].items()))
         lines.append(f"received SEGs: {states}")
+    for r in report.get("not_compared", []):
+        lines.append(f"  not compared ({r['state']}): {r['reference_sop_uid']}: {r['reason']}")
     return "\n".join(lines)
 
 

@@ -79,6 +79,10 @@ def recent_jobs(db: AuditDB, limit: int = 50, since: datetime | None = None) -> 
         return [job_view(j) for j in s.scalars(q)]
 
 
+# events format_audit lists under "recent refusals/failures" (a reference SEG not compared, with its reason)
+FAILURE_EVENTS = frozenset({"refused", "job_failed", "reference_failed", "reference_unusable"})
+
+
 def audit_report(db: AuditDB, since: str | None = None, limit: int = 50) -> dict[str, Any]:
     when = datetime.fromisoformat(since.rstrip("Z")) if since else None
     jobs = recent_jobs(db, limit, when)
@@ -112,7 +116,7 @@ def format_audit(report: dict[str, Any]) -> str:
             + (f"  worker {j['worker']['host']}:{j['worker']['pid']}" if j["worker"] else "")
             + (f"  error: {j['error']}" if j["error"] else "")
         )
-    refused = [e for e in report["events"] if e["kind"] in ("refused", "job_failed")]
+    refused = [e for e in report["events"] if e["kind"] in FAILURE_EVENTS]
     if refused:
         lines.append("")
         lines.append("recent refusals/failures:")

@@ -61,10 +61,12 @@ try {
   } else {
     await page.setInputFiles("#file", image);
   }
-  await page.waitForFunction(() => {
-    const img = document.getElementById("overlay");
-    return img && img.complete && img.naturalWidth > 0 && !document.getElementById("result").hidden;
-  });
+  await page.waitForFunction(() =>
+    !document.getElementById("result").hidden &&
+    ["original", "mask", "overlay"].every((id) => {
+      const img = document.getElementById(id);
+      return img && img.complete && img.naturalWidth > 0;
+    }));
   const result = await page.evaluate(() => {
     const size = (id) => {
       const img = document.getElementById(id);

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.config import ConfigError, Destination, NodeConfig, Route, load_config
+from dicom_node.config import DEFAULT_MODEL, ConfigError, Destination, NodeConfig, Route, load_config
+from inference.model_card import find_card
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -13,7 +14,8 @@ def test_default_file_gives_documented_defaults(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("SPINENODE_CONFIG", raising=False)
     cfg = load_config()
     assert cfg == NodeConfig()  # config/node.toml repeats the defaults in config.py
-    assert cfg.model == "demo-unetplusplus"
+    assert cfg.model == DEFAULT_MODEL == "spinenode-deeplabv3plus-dense"
+    assert not find_card(cfg.model, PROJECT / "models").demo  # trained on real radiographs, not phantoms
     assert cfg.db_path == Path("var/spinenode.db")
 
 

@@ -42,7 +42,7 @@ from inference.registry import ModelRegistry
 from tests.conftest import PROJECT, TINY_MODEL, StoreSCP, free_port, make_tiny_model, storescu, wait_for_port
 
 SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
-DEFAULT_MODEL = "demo-unetplusplus"
+DEMO_MODEL = "demo-unetplusplus"
 BUSY_MODEL = "tiny-unetpp-http"  # a tiny U-Net++ with random weights: predicts V and T1 (in a random pattern)
 UPLOAD_LIMIT = 1 * 2**20  # the test server's upload limit (the real one, MAX_UPLOAD_BYTES, is 64 MiB)
 MAX_PIXELS = 2_000_000  # the test node's max_pixels (a phantom of height 640 has about 64,000)
@@ -128,7 +128,7 @@ def test_health(served: Served) -> None:
     assert set(h["deliveries"]) >= {"pending", "failed"}
     models = {m["name"]: m for m in h["models"]}
     assert {"name", "loaded", "demo"} <= set(models[TINY_MODEL])
-    assert models[DEFAULT_MODEL]["demo"] is True
+    assert models[DEMO_MODEL]["demo"] is True
     assert r.headers["x-content-type-options"] == "nosniff"
     assert "default-src 'self'" in r.headers["content-security-policy"]
 
@@ -137,11 +137,11 @@ def test_models_are_the_cards(served: Served) -> None:
     r = served.client.get("/api/models")
     assert r.status_code == 200
     cards = {c["name"]: c for c in r.json()}
-    assert cards[TINY_MODEL]["default"] is True and cards[DEFAULT_MODEL]["default"] is False
-    demo = cards[DEFAULT_MODEL]
+    assert cards[TINY_MODEL]["default"] is True and cards[DEMO_MODEL]["default"] is False
+    demo = cards[DEMO_MODEL]
     assert demo["demo"] is True and "NOT FOR DIAGNOSTIC USE" in demo["disclaimer"]
     assert demo["architecture"] == "unetplusplus" and len(demo["weights_sha256"]) == 64
-    assert demo["input_size"] == list(find_card(DEFAULT_MODEL, served.node.models.root).input_size)
+    assert demo["input_size"] == list(find_card(DEMO_MODEL, served.node.models.root).input_size)
 
 
 def test_page_and_its_files(served: Served) -> None:
@@ -265,13 +265,13 @@ def test_segment_dicom_writes_seg_sr_sc(served: Served, phantom_files: list[Path
 def test_segment_with_the_shipped_default_model(served: Served, phantom_png: tuple[Path, Path]) -> None:
     png, truth_png = phantom_png
     truth = cv2.imread(str(truth_png), cv2.IMREAD_GRAYSCALE)
-    segment(served.client, png, DEFAULT_MODEL)  # loads the model (and its ONNX export) once
+    segment(served.client, png, DEMO_MODEL)  # loads the model (and its ONNX export) once
     start = time.perf_counter()
-    r = segment(served.client, png, DEFAULT_MODEL)
+    r = segment(served.client, png, DEMO_MODEL)
     latency_ms = (time.perf_counter() - start) * 1000
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"]["name"] == DEFAULT_MODEL and body["model"]["demo"] is True
+    assert body["model"]["name"] == DEMO_MODEL and body["model"]["demo"] is True
     labels = png_of(served.client.get(body["urls"]["mask_labels"]).content) // 127
     spine = overlap(labels > 0, truth > 0)
     t1 = overlap(labels == 2, truth == 2)
@@ -279,7 +279,7 @@ def test_segment_with_the_shipped_default_model(served: Served, phantom_png: tup
     assert t1.dice is not None and t1.dice > 0.5, t1
     assert body["classes"]["Spine"]["flip_dice"] > 0.9
     print(
-        f"POST /api/segment {DEFAULT_MODEL} {body['input']['columns']}x{body['input']['rows']} PNG: "
+        f"POST /api/segment {DEMO_MODEL} {body['input']['columns']}x{body['input']['rows']} PNG: "
         f"{latency_ms:.0f} ms (inference {body['timing_ms']['inference']:.0f} ms)"
     )
 

@@ -2,11 +2,13 @@
 (``tests/browser/upload.mjs``, pinned in ``tests/browser/package-lock.json`` and installed with ``npm ci``;
 no browser is ever downloaded).
 
-A node on the shipped default model receives a phantom over DICOM (so that the "Node" tab has a job with
-its overlay thumbnail), then the page uploads a phantom PNG with the file picker, waits for the overlay,
-reads the metrics table, opens the Node tab and saves a screenshot to ``var/test-artefacts/`` (or
-``$SPINENODE_TEST_ARTEFACTS``); a second run drops a phantom DICOM file on the page (drag and drop) and
-follows its SEG/SR/SC links. Chromium is required in CI (``make test`` installs it) and the test skips
+A node on the shipped default model (trained on real radiographs) receives a real radiograph over DICOM
+(so that the "Node" tab has a job with its overlay thumbnail), then the page uploads another real
+radiograph as PNG with the file picker, waits for the overlay, reads the metrics table, opens the Node tab
+and saves a screenshot to ``var/test-artefacts/`` (or ``$SPINENODE_TEST_ARTEFACTS``); a second run drops a
+real radiograph's DICOM file on the page (drag and drop) and follows its SEG/SR/SC links. The radiographs
+are SpineWeb validation images in a DX header (``tests/radiographs.py``), never trained on. Chromium is
+required in CI (``make test`` installs it) and the test skips
 elsewhere when it is missing.
 """
 
@@ -22,26 +24,39 @@ from pathlib import Path
 
 import cv2
 import httpx
+import numpy as np
 import pytest
 from pydicom import dcmread
 
-from dicom_node.config import NodeConfig
+from dicom_node.config import DEFAULT_MODEL, NodeConfig
 from dicom_node.http.server import HttpServer
 from dicom_node.node import Node
 from dicom_node.report import audit_report
-from inference.model_card import DEMO_DISCLAIMER
-from inference.phantom_dicom import write_phantoms
+from inference.model_card import find_card
+from inference.preprocess import from_dataset
 from inference.registry import ModelRegistry
 from tests.conftest import PROJECT, free_port, npm_ci, require_tool, storescu
+from tests.radiographs import SHARED_DATA, validation_radiographs
 
 BROWSER = PROJECT / "tests" / "browser"
 SCRIPT = BROWSER / "upload.mjs"
 ARTEFACTS = Path(os.environ.get("SPINENODE_TEST_ARTEFACTS") or PROJECT / "var" / "test-artefacts")
-DEFAULT_MODEL = "demo-unetplusplus"
+RADIOGRAPH_ROWS = 1024  # the radiographs resized to this many rows (a quicker page)
 NPM_TIMEOUT_S = 300
 BROWSER_TIMEOUT_S = 240
-PNG_SEED = 930002
-DEMO_LABEL = DEMO_DISCLAIMER  # the page shows each model card's disclaimer
+NODE_RADIOGRAPH, PNG_RADIOGRAPH, DROP_RADIOGRAPH = 0, 1, 2  # validation images the default model segments
+
+
+def radiograph_file(folder: Path, index: int, suffix: str) -> Path:
+    """Validation radiograph ``index`` as a DX file (``.dcm``) or as the 8-bit PNG of its display image."""
+    [radiograph] = validation_radiographs(1, rows=RADIOGRAPH_ROWS, first=index)
+    path = folder / f"radiograph-{index}{suffix}"
+    if suffix == ".dcm":
+        radiograph.dataset.save_as(path, enforce_file_format=True)
+    else:
+        image = from_dataset(radiograph.dataset).image
+        cv2.imwrite(str(path), np.round(image * 255).astype(np.uint8))
+    return path
 
 
 def run_page(url: str, image: Path, screenshot: Path, via: str = "picker", node_screenshot: Path | None = None) -> dict:
@@ -68,12 +83,13 @@ def run_page(url: str, image: Path, screenshot: Path, via: str = "picker", node_
 
 
 @pytest.fixture(scope="module")
-def page_url(
-    tmp_path_factory: pytest.TempPathFactory, models_root: Path, onnx_cache: Path, phantom_files: list[Path]
-) -> Iterator[str]:
+def page_url(tmp_path_factory: pytest.TempPathFactory, models_root: Path, onnx_cache: Path) -> Iterator[str]:
     """A node on the default model with its web page, holding one finished DICOM job."""
     require_tool("node")  # skip (or fail in CI) before starting a node the browser cannot reach
     require_tool("chromium")
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data/spineweb16")
+    sent = radiograph_file(tmp_path_factory.mktemp("sent"), NODE_RADIOGRAPH, ".dcm")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPINENODE_MODELS_DIR", str(models_root))
         mp.setenv("SPINENODE_CACHE_DIR", str(onnx_cache))
@@ -84,7 +100,7 @@ def page_url(
         http = HttpServer(node, "127.0.0.1", free_port())
         http.start()
         try:
-            assert storescu(node.port, phantom_files[2]).returncode == 0
+            assert storescu(node.port, sent).returncode == 0
             deadline = time.monotonic() + 120
             while not any(j["state"] == "done" for j in audit_report(node.db)["jobs"]):
                 assert time.monotonic() < deadline, "the DICOM job did not finish"
@@ -97,8 +113,8 @@ def page_url(
 
 @pytest.mark.slow
 def test_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
-    [entry] = write_phantoms(tmp_path, 1, PNG_SEED, "png", height=640)
-    png = tmp_path / entry["file"]
+    png = radiograph_file(tmp_path, PNG_RADIOGRAPH, ".png")
+    label = find_card(DEFAULT_MODEL).disclaimer  # the page shows each model card's disclaimer
     rows, cols = cv2.imread(str(png), cv2.IMREAD_UNCHANGED).shape[:2]
     screenshot, node_screenshot = ARTEFACTS / "web-page-upload.png", ARTEFACTS / "web-page-node.png"
     page = run_page(page_url, png, screenshot, node_screenshot=node_screenshot)
@@ -110,10 +126,10 @@ def test_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
     assert {"V", "T1"} <= set(table)
     assert int(table["V"][1]) > 0 and int(table["T1"][1]) > 0  # pixels: the default model finds both
     assert "flip agreement Dice" in page["headers"] and not any("accuracy" in h.lower() for h in page["headers"])
-    assert page["demo_warning"] == DEMO_LABEL
+    assert page["demo_warning"] == label and "NOT FOR DIAGNOSTIC USE" in label
     [job] = page["jobs"]
     assert "done" in job["cells"]
-    assert any(DEFAULT_MODEL in cell and DEMO_LABEL in cell for cell in job["cells"]), job["cells"]
+    assert any(DEFAULT_MODEL in cell and label in cell for cell in job["cells"]), job["cells"]
     assert job["thumbnail"] is not None and job["thumbnail"]["width"] > 0
     assert page["console_errors"] == []
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
@@ -122,10 +138,11 @@ def test_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dicom_upload_in_headless_chromium(page_url: str, phantom_files: list[Path]) -> None:
+def test_dicom_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
     """A DICOM file dropped on the page: figures in mm², and links to the SEG, SR and SC written for it."""
-    page = run_page(page_url, phantom_files[0], ARTEFACTS / "web-page-dicom.png", via="drop")
-    source = dcmread(phantom_files[0], stop_before_pixels=True)
+    dropped = radiograph_file(tmp_path, DROP_RADIOGRAPH, ".dcm")
+    page = run_page(page_url, dropped, ARTEFACTS / "web-page-dicom.png", via="drop")
+    source = dcmread(dropped, stop_before_pixels=True)
     assert page["images"]["overlay"] == {"width": source.Columns, "height": source.Rows}
     table = {row["class"]: row["cells"] for row in page["rows"]}
     assert table["V"][3].endswith("mm²") and int(table["T1"][1]) > 0

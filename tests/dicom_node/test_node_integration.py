@@ -18,18 +18,21 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from dicom_node.audit import AssociationRecord, DeliveryState, JobRecord, JobState
-from dicom_node.config import Destination, NodeConfig
+from dicom_node.config import DEFAULT_MODEL, Destination, NodeConfig
 from dicom_node.node import Node
 from dicom_node.report import audit_report
 from inference.metrics import overlap
-from inference.phantom import make_phantom
 from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu, wait_for_port
 from tests.dciodvfy import dciodvfy_errors
+from tests.radiographs import SHARED_DATA, validation_radiographs
 
 PROJECT = Path(__file__).resolve().parents[2]
+UNRELIABLE_RADIOGRAPH = 5  # the validation image on which the default model finds no T1 (quality flag)
+MIN_REAL_SPINE_IOU = 0.6  # the default model on validation image 0: 0.80 (validation p10: 0.63)
 SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 
 
@@ -248,11 +251,37 @@ def test_restart_runs_jobs_left_running(tmp_path: Path, phantom_files: list[Path
         n2.stop()
 
 
+def text_values(ds: Dataset) -> list[str]:
+    """Every TEXT content item's value in an SR, depth first."""
+    out = []
+    for item in ds.get("ContentSequence", []):
+        if item.ValueType == "TEXT":
+            out.append(str(item.TextValue))
+        out.extend(text_values(item))
+    return out
+
+
+def evidence_source(sr: Dataset) -> str:
+    """The first instance an SR lists as evidence (ours: the source image)."""
+    series = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    return str(series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+
+
 @pytest.mark.slow
-def test_serve_cli_on_shipped_default_model(tmp_path: Path, phantom_files: list[Path], storescp: StoreSCP) -> None:
-    """`spinenode serve` as users run it: default model, SIGTERM stops it cleanly."""
-    if not (PROJECT / "models" / "demo-unetplusplus" / "model.json").is_file():
+def test_serve_cli_on_shipped_default_model(tmp_path: Path, storescp: StoreSCP) -> None:
+    """`spinenode serve` as users run it, on the shipped default model (trained on real radiographs), with
+    two real radiographs it never trained on (SpineWeb validation images in a DX header): the first is
+    segmented (SEG compared with the true column), the second gives no reliable segmentation, so only its
+    SR and SC are sent, saying so; SIGTERM stops the node cleanly."""
+    if not (PROJECT / "models" / DEFAULT_MODEL / "model.json").is_file():
         pytest.fail("the shipped default model is missing")
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data/spineweb16")
+    good, poor = validation_radiographs(1)[0], validation_radiographs(1, first=UNRELIABLE_RADIOGRAPH)[0]
+    sources = {}
+    for name, radiograph in (("good", good), ("poor", poor)):
+        sources[name] = tmp_path / f"{name}.dcm"
+        radiograph.dataset.save_as(sources[name], enforce_file_format=True)
     port = free_port()
     env = {**os.environ, "SPINENODE_MODELS_DIR": str(PROJECT / "models")}
     proc = subprocess.Popen(
@@ -278,8 +307,8 @@ def test_serve_cli_on_shipped_default_model(tmp_path: Path, phantom_files: list[
     )
     try:
         wait_for_port(port, timeout=60)
-        assert storescu(port, phantom_files[0]).returncode == 0
-        files = storescp.wait_for_files(3, timeout=120)
+        assert storescu(port, sources["good"], sources["poor"]).returncode == 0
+        files = storescp.wait_for_files(5, timeout=240)  # SEG, SR, SC of the first; SR and SC of the second
         for f in files:
             assert dciodvfy_errors(f) == []
         audit = subprocess.run(
@@ -289,18 +318,19 @@ def test_serve_cli_on_shipped_default_model(tmp_path: Path, phantom_files: list[
             env=env,
             cwd=PROJECT,
         )
-        [job] = json.loads(audit.stdout)["jobs"]
-        assert job["state"] == "done" and job["model"] == "demo-unetplusplus"
-        sr = next(dcmread(f) for f in files if dcmread(f).SOPClassUID == SR3D)
-        assert "NOT FOR DIAGNOSTIC USE" in str(sr).upper()
-        # the shipped model segments an unseen phantom: compare the SEG with the phantom's true mask
-        seg = next(dcmread(f) for f in files if dcmread(f).SOPClassUID == SEG)
+        jobs = json.loads(audit.stdout)["jobs"]
+        assert len(jobs) == 2 and {(j["state"], j["model"]) for j in jobs} == {("done", DEFAULT_MODEL)}
+        read = [dcmread(f) for f in files]
+        srs = {evidence_source(ds): ds for ds in read if ds.SOPClassUID == SR3D}
+        assert set(srs) == {str(good.dataset.SOPInstanceUID), str(poor.dataset.SOPInstanceUID)}
+        texts = {uid: " ".join(text_values(sr)) for uid, sr in srs.items()}
+        assert all("NOT FOR DIAGNOSTIC USE" in t for t in texts.values())
+        assert "No reliable segmentation" in texts[str(poor.dataset.SOPInstanceUID)]
+        # the shipped model segments an unseen real radiograph: its SEG against the true column
+        [seg] = [ds for ds in read if ds.SOPClassUID == SEG]
         frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)  # segment 1 Spine, segment 2 T1
-        truth = make_phantom(int(phantom_files[0].stem.split("-")[1]), height=640).mask
-        spine = overlap(frames[0] > 0, truth > 0)
-        t1 = overlap(frames[1] > 0, truth == 2)
-        assert spine.dice is not None and spine.dice > 0.85, spine
-        assert t1.dice is not None and t1.dice > 0.6, t1
+        spine = overlap(frames[0] > 0, good.truth > 0)
+        assert spine.iou is not None and spine.iou > MIN_REAL_SPINE_IOU, spine
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)

@@ -390,6 +390,18 @@ def test_reference_without_our_segment_types_is_unusable(
     wait_until(lambda: reference_state(node, ds.SOPInstanceUID) == ReferenceState.UNUSABLE)
     [row] = reference_rows(node, ds.SOPInstanceUID)
     assert "no reference segment of a type we predict" in (row.detail or "")
+    # visible where an administrator looks: spinenode metrics and spinenode audit
+    from dicom_node.comparisons import metrics_report
+    from dicom_node.report import audit_report, format_audit
+
+    listed = {r["reference_sop_uid"]: r for r in metrics_report(node.db, 10, 0.5)["not_compared"]}
+    assert listed[ds.SOPInstanceUID]["state"] == "unusable"
+    assert "no reference segment" in listed[ds.SOPInstanceUID]["reason"]
+    audit = audit_report(node.db)
+    assert any(
+        e["kind"] == "reference_unusable" and e["sop_instance_uid"] == ds.SOPInstanceUID for e in audit["events"]
+    )
+    assert "reference_unusable" in format_audit(audit)
 
 
 def test_seg_without_source_image_is_refused(node: Node, after_image: Evaluated) -> None:

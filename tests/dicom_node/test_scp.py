@@ -12,7 +12,7 @@ from pydicom.filewriter import dcmwrite
 from sqlalchemy import select
 
 from dicom_node.audit import AuditDB, InstanceRecord, JobRecord, JobState
-from dicom_node.config import NodeConfig
+from dicom_node.config import DEFAULT_MODEL, NodeConfig
 from dicom_node.scp import Receiver, Refusal
 from dicom_node.status import StoreStatus
 from dicom_node.storage import Storage
@@ -52,7 +52,7 @@ def test_accepted_instance_is_on_disk_and_queued(receiver: Receiver, phantom_fil
         assert dcmread(inst.path).SOPInstanceUID == ds.SOPInstanceUID
         assert oct(Path(inst.path).stat().st_mode & 0o777) == "0o600"
     [job] = jobs(receiver)
-    assert job.state == JobState.QUEUED and job.model == "demo-unetplusplus"
+    assert job.state == JobState.QUEUED and job.model == DEFAULT_MODEL
 
 
 def test_resent_instance_makes_no_second_job(receiver: Receiver, phantom_files: list[Path]) -> None:
