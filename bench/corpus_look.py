@@ -22,10 +22,10 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.classes import CLASS_COLOURS, SpineClass  # noqa: E402
-from inference.engine import Engine  # noqa: E402
-from inference.model_card import find_card  # noqa: E402
-from inference.preprocess import UnusableImageError, from_dataset  # noqa: E402
+from inference.classes import CLASS_COLOURS, SpineClass
+from inference.engine import Engine
+from inference.model_card import find_card
+from inference.preprocess import UnusableImageError, from_dataset
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "dicom-corpus"
 MIN_SIDE = 64  # smaller files are header tests, not radiographs

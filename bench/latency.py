@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicom_node.bench import StoreSCP, end_to_end, medians, phantom_files, start_node  # noqa: E402
+from dicom_node.bench import StoreSCP, end_to_end, medians, phantom_files, start_node
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ transfer syntax is the file's (pynetdicom's chunked sending), decoded and conver
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -60,10 +61,8 @@ def no_delay(event: evt.Event) -> None:
     """
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):  # the connection is already gone: nothing to tune
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # the connection is already gone: nothing to tune
-            pass
 
 
 @dataclass

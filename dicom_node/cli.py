@@ -199,7 +199,7 @@ def _open_db(args: argparse.Namespace) -> Any:
     if config.db_url:
         try:
             return AuditDB(config.db_url)
-        except Exception as exc:  # noqa: BLE001 - unreachable server, bad credentials: say so, briefly
+        except Exception as exc:
             from dicom_node.database import redacted
 
             raise CLIError(f"cannot open the database {redacted(config.db_url)}: {type(exc).__name__}") from exc

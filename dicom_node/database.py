@@ -26,7 +26,7 @@ def normalized(url: str) -> str:
     """Check a URL and pick psycopg 3 for PostgreSQL (``postgresql://`` and ``postgres://`` included)."""
     try:
         parsed = make_url(url)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
+    except Exception as exc:
         raise DatabaseURLError(f"not a database URL: {redacted(url)}") from exc
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):

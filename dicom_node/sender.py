@@ -122,7 +122,7 @@ class Sender:
         try:
             dest = parse_destination(dest_spec)
             results = self._send(dest, [p for _, p in items])
-        except Exception as exc:  # unreadable output file, socket errors, a destination no longer valid
+        except Exception as exc:  # noqa: BLE001 - unreadable output file, socket errors, a destination no longer valid
             results = [Outcome(None, f"{type(exc).__name__}: {exc}")] * len(items)
         elapsed = (time.perf_counter() - start) * 1000 / max(len(items), 1)
         with self.db.session() as s:

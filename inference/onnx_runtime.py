@@ -216,7 +216,7 @@ def prepare_onnx(card: ModelCard, module: Callable[[], torch.nn.Module]) -> tupl
             )
         info["runtime"] = "onnx"
         return OnnxRunner(session), info
-    except Exception as exc:  # any failure of the fast path leaves the model on torch, said loudly
+    except Exception as exc:  # noqa: BLE001 - any failure of the fast path leaves the model on torch, said loudly
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("model %s: ONNX Runtime not used, falling back to torch (%s)", card.name, reason)
         info["fallback_reason"] = reason

@@ -101,7 +101,7 @@ class SeedUNetPP(nn.Module):
         # Registration order matches the checkpoint: column by column, each column from level 0 downwards.
         for j in range(self.DEPTH):
             for i in range(self.DEPTH - j):
-                if j == 0:
+                if j == 0:  # noqa: SIM108 - a nested conditional expression would hide the two cases
                     cin = in_channels if i == 0 else widths[i - 1]
                 else:
                     cin = widths[i] * j + widths[i + 1]

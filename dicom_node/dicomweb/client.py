@@ -132,7 +132,7 @@ class StowClient:
             for index, path in enumerate(paths):
                 try:
                     f = _read(path)
-                except Exception as exc:  # an unreadable output file: that file fails, the others go
+                except Exception as exc:  # noqa: BLE001 - an unreadable output file: that file fails, the others go
                     outcomes[index] = Outcome(None, f"{type(exc).__name__}: {exc}")
                     continue
                 if batch and size + len(f.data) > STOW_BATCH_BYTES:

@@ -95,7 +95,7 @@ def check_size(path: Path, kind: str, max_pixels: int) -> tuple[int, int]:
         try:
             with Image.open(path) as im:  # reads the header only
                 cols, rows = im.size
-        except Exception as exc:  # PIL raises many types for broken headers
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken headers
             raise UploadError(400, f"unreadable {kind.upper()} image: {_plain(exc, path.parent)}") from None
         frames = 1
     too_large = declared_size_problem(rows, cols, frames, max_pixels)

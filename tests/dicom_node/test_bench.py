@@ -35,6 +35,7 @@ FIGURES = (
 )
 
 
+@pytest.mark.slow
 def test_bench_quick_json_has_every_figure(models_root: Path) -> None:
     require_tool("storescp")
     require_tool("storescu")
@@ -55,6 +56,7 @@ def test_bench_quick_json_has_every_figure(models_root: Path) -> None:
     assert {"end_to_end_met", "throughput_met", "cold_start_met"} <= result["targets"].keys()
 
 
+@pytest.mark.slow
 def test_models_load_and_warm_up_in_the_background(tmp_path: Path) -> None:
     from dicom_node.config import NodeConfig
     from dicom_node.node import Node

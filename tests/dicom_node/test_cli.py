@@ -18,6 +18,8 @@ from inference.model_card import find_card
 from tests.conftest import PROJECT, TINY_MODEL, StoreSCP
 from tests.dciodvfy import dciodvfy_errors
 
+pytestmark = pytest.mark.slow  # the CLI in subprocesses, dcmtk peers
+
 
 def run(*args: str, models_root: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
@@ -91,7 +93,7 @@ def test_segment_dicom_and_png(tmp_path: Path, phantom_files: list[Path], models
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    ("args", "message"),
     [
         (("segment", "/nonexistent.dcm", "--out", "/tmp/x"), "no such file"),
         (("segment", str(PROJECT / "README.md"), "--out", "/tmp/x", "--model", TINY_MODEL), "neither DICOM"),

@@ -39,7 +39,7 @@ def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize(
-    "text, message",
+    ("text", "message"),
     [
         ('[node]\nae_title = "WAY_TOO_LONG_AE_TITLE"\n', "invalid AE title"),
         ("[node]\nunknown_key = 1\n", "unknown [node] keys"),

@@ -94,6 +94,7 @@ def test_broken_codestream_is_refused_with_the_reason(tmp_path: Path, compressed
         receiver.decoder.stop()
 
 
+@pytest.mark.slow
 def test_node_refuses_what_does_not_decode_in_time_and_carries_on(
     tmp_path: Path, compressed: dict[str, Path], phantom_files: list[Path], models_root: Path
 ) -> None:

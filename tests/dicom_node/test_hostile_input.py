@@ -45,6 +45,8 @@ from inference.phantom import make_phantom
 from inference.phantom_dicom import phantom_to_dataset
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # hundreds of instances over a live association
+
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 NAMED = {int(s) for s in StoreStatus}
 MAX_SECONDS_PER_CASE = 10.0  # decoding is bounded by the size check: no case may take longer

@@ -30,6 +30,8 @@ from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, stores
 from tests.dciodvfy import dciodvfy_errors
 from tests.radiographs import SHARED_DATA, validation_radiographs
 
+pytestmark = pytest.mark.slow  # nodes with dcmtk peers and subprocesses
+
 PROJECT = Path(__file__).resolve().parents[2]
 UNRELIABLE_RADIOGRAPH = 5  # the validation image on which the default model finds no T1 (quality flag)
 MIN_REAL_SPINE_IOU = 0.6  # the default model on validation image 0: 0.80 (validation p10: 0.63)
@@ -267,7 +269,6 @@ def evidence_source(sr: Dataset) -> str:
     return str(series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
 
 
-@pytest.mark.slow
 def test_serve_cli_on_shipped_default_model(tmp_path: Path, storescp: StoreSCP) -> None:
     """`spinenode serve` as users run it, on the shipped default model (trained on real radiographs), with
     two real radiographs it never trained on (SpineWeb validation images in a DX header): the first is

@@ -29,6 +29,8 @@ from dicom_node.node import Node
 from tests.conftest import PROJECT, TINY_MODEL, free_port, require_tool, storescu
 from tests.orthanc import DICOMWEB_ROOT, ORTHANC_AE, Modality, OrthancServer
 
+pytestmark = pytest.mark.slow  # a real Orthanc
+
 LUA_ROUTE = PROJECT / "config" / "orthanc" / "spinenode-route.lua"
 NODE_AE = "SPINENODE"
 NODE_MODALITY = "spinenode"  # the name the Lua script sends to

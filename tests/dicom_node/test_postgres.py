@@ -57,6 +57,8 @@ from dicom_node.sender import Sender
 from tests.conftest import PROJECT, TINY_MODEL, require_tool
 from tests.pg import PgCluster, pg_cluster  # noqa: F401 - the fixture
 
+pytestmark = pytest.mark.slow  # a throwaway PostgreSQL cluster
+
 # --- helpers -----------------------------------------------------------------------------------------
 
 
@@ -451,7 +453,6 @@ def _wait(condition: Any, timeout: float, what: str, procs: list[subprocess.Pope
     raise TimeoutError(f"{what}: not after {timeout} s")
 
 
-@pytest.mark.slow
 def test_receiver_and_three_workers_survive_a_sigkilled_worker(
     pg_cluster: PgCluster,  # noqa: F811
     tmp_path: Path,

@@ -48,6 +48,8 @@ from inference.phantom import make_phantom
 from tests.conftest import StoreSCP, free_port, make_tiny_model, storescu
 from tests.dciodvfy import dciodvfy_errors
 
+pytestmark = pytest.mark.slow  # a node with dcmtk peers
+
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR3D_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 PHANTOM_SEEDS = (900000, 900001, 900002)  # the seeds of tests.conftest's phantom_files

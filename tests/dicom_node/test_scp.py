@@ -65,7 +65,7 @@ def test_resent_instance_makes_no_second_job(receiver: Receiver, phantom_files: 
 
 
 @pytest.mark.parametrize(
-    "mutate, status, comment",
+    ("mutate", "status", "comment"),
     [
         (lambda ds: delattr(ds, "StudyInstanceUID"), StoreStatus.CANNOT_UNDERSTAND, "StudyInstanceUID"),
         (lambda ds: setattr(ds, "SOPInstanceUID", "1.2.abc"), StoreStatus.CANNOT_UNDERSTAND, "SOPInstanceUID"),

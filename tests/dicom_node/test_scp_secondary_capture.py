@@ -42,7 +42,7 @@ def as_secondary_capture(path: Path, modality: str, conversion: str | None, manu
 
 
 @pytest.mark.parametrize(
-    "modality, conversion",
+    ("modality", "conversion"),
     [("DX", "WSD"), ("RG", "DF"), ("OT", "DF"), ("OT", "DI"), ("", None)],
 )
 def test_radiograph_secondary_captures_are_accepted(
@@ -52,7 +52,7 @@ def test_radiograph_secondary_captures_are_accepted(
 
 
 @pytest.mark.parametrize(
-    "modality, conversion, manufacturer, reason",
+    ("modality", "conversion", "manufacturer", "reason"),
     [
         ("XA", "WSD", "ACME", "modality XA is not a radiograph"),
         ("OT", "WSD", "ACME", "conversion WSD is not a radiograph"),

@@ -24,7 +24,7 @@ from tests.dicom_node.test_writers import make_card
 from tests.pixelmed import sr_errors
 from tests.radiographs import SHARED_DATA, Radiograph, validation_radiographs
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/spineweb16")
+pytestmark = [pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/spineweb16"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,8 @@ from inference.phantom_dicom import phantom_to_dataset
 from tests.conftest import PROJECT, npm_ci, require_tool
 from tests.dicom_node.test_writers import fake_prediction, make_card
 
+pytestmark = pytest.mark.slow  # OHIF's readers in Node.js
+
 VIEWERS = PROJECT / "tests" / "viewers"
 READER = VIEWERS / "read_outputs.mjs"
 NPM_TIMEOUT_S = 600

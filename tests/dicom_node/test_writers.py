@@ -246,7 +246,7 @@ def test_seg_with_slice_thickness_carries_pixel_measures(phantom: Phantom, tmp_p
 
 
 @pytest.mark.parametrize(
-    "seed, height, kind", [(940020, 409, "BINARY"), (940016, 401, "FRACTIONAL")], ids=["even", "odd-bytes"]
+    ("seed", "height", "kind"), [(940020, 409, "BINARY"), (940016, 401, "FRACTIONAL")], ids=["even", "odd-bytes"]
 )
 def test_seg_never_needs_a_pad_byte(tmp_path: Path, seed: int, height: int, kind: str) -> None:
     """A BINARY SEG whose packed bits would end in a pad byte is written as a FRACTIONAL occupancy of 0 and

@@ -53,7 +53,7 @@ def test_writable_source_fills_and_drops_without_touching_the_source() -> None:
 
 
 @pytest.mark.parametrize(
-    "body_part, laterality, sc_laterality",
+    ("body_part", "laterality", "sc_laterality"),
     [("THORAX", "", ""), ("SPINE", "L", None), ("HAND", None, ""), ("HAND", "R", "R")],
 )
 def test_outputs_of_a_gappy_source_pass_dciodvfy(

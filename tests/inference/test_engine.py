@@ -175,6 +175,7 @@ def test_bad_data_specs(spec: str) -> None:
         DataSource.parse(spec)
 
 
+@pytest.mark.slow
 def test_training_runs_and_writes_a_loadable_card(tmp_path: Path) -> None:
     cfg = TrainConfig(
         architecture="deeplabv3plus_dense",

@@ -34,7 +34,7 @@ def test_group_probabilities() -> None:
     assert g.shape == (2, 3, 8, 4)
     np.testing.assert_allclose(g.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(g[:, 2], z[:, 1])  # T1 is the T1 class
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown class order"):
         group_probabilities(z, ["a", "b"])
 
 
@@ -86,7 +86,7 @@ def test_augment_views(record_and_levels: tuple) -> None:
     views = [augment(rng, stored, (96, 32)) for _ in range(30)]
     for x, y in views:
         assert x.shape == y.shape == (96, 32) and x.dtype == np.float32 and y.dtype == np.uint8
-        assert 0.0 <= x.min() and x.max() <= 1.0 and y.max() < NUM_LEVEL_CLASSES
+        assert x.min() >= 0.0 and x.max() <= 1.0 and y.max() < NUM_LEVEL_CLASSES
     assert sum(int((y > 0).any()) for _, y in views) >= 25  # the spine stays in view in almost every one
     again = augment(np.random.default_rng(3), stored, (96, 32))
     np.testing.assert_array_equal(again[1], views[0][1])  # seeded: reproducible

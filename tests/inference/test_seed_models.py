@@ -105,7 +105,7 @@ def test_identify_rejects_near_miss(modules: dict[str, torch.nn.Module]) -> None
     state.pop("final.bias")
     state["extra.weight"] = torch.zeros(1)
     state["final.weight"] = torch.zeros(2, 32, 1, 1)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="matches none of the seed architectures") as info:
         identify_state_dict(state)
     message = str(info.value)
     assert "closest is 'seed_unetpp'" in message
