@@ -263,7 +263,7 @@ class Receiver:
             log.warning("refused %s: %s", sop_uid, exc.detail)
             self._record_refusal(exc.status, exc.detail, sop_uid, assoc_id)
         except Exception as exc:  # decoding of the raw data set, or a bug: report, never crash
-            status = StoreStatus.CANNOT_UNDERSTAND if _is_decode_error(exc) else StoreStatus.PROCESSING_FAILURE
+            status = StoreStatus.CANNOT_UNDERSTAND if _is_decode_error(exc) else StoreStatus.UNEXPECTED_ERROR
             detail = f"{type(exc).__name__}: {exc}"
             rsp.Status = int(status)
             rsp.ErrorComment = detail[:64]

@@ -35,6 +35,7 @@ from dicom_node.dicomweb.message import (
     parse_response,
     request_content_type,
 )
+from dicom_node.status import PROCESSING_FAILURE
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ STOW_BATCH_BYTES = 64 * 2**20  # instances per request up to this many bytes (on
 ERROR_BODY_CHARS = 200  # of a server's error body, kept in the attempt log
 RETRYABLE_4XX = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS})
 # per-instance failure reasons worth another try: out of resources (0xA7xx), processing failure (0x0110)
-RETRYABLE_REASON_MASK, OUT_OF_RESOURCES_PREFIX, PROCESSING_FAILURE = 0xFF00, 0xA700, 0x0110
+RETRYABLE_REASON_MASK, OUT_OF_RESOURCES_PREFIX = 0xFF00, 0xA700
 HINTS = {
     HTTPStatus.UNAUTHORIZED: "check the credentials in [[dicomweb.destinations]]",
     HTTPStatus.FORBIDDEN: "the credentials may not store here",

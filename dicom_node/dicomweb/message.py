@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dicom_node.status import PROCESSING_FAILURE
+
 DICOM_MEDIA_TYPE = "application/dicom"
 RESPONSE_MEDIA_TYPE = "application/dicom+json"
 MULTIPART_RELATED = "multipart/related"
@@ -30,7 +32,6 @@ ERROR_COMMENT_CHARS = 64  # LO
 # STOW-RS failure reasons beyond the C-STORE statuses (PS3.18 Table 10.5.3-2, PS3.7 Annex C)
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
-PROCESSING_FAILURE = 0x0110
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _TYPE = re.compile(r'type="?([^";]+)"?', re.IGNORECASE)
 

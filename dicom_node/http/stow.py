@@ -166,7 +166,7 @@ def add_stow_routes(app: FastAPI, node: Node, max_instance_bytes: int) -> None:
         except Refusal as exc:
             return refuse(sop_class, sop_uid, exc.status, exc.detail, assoc_id)
         except Exception as exc:  # a malformed data set, or a bug: report it, like the C-STORE handler
-            status = StoreStatus.CANNOT_UNDERSTAND if _is_decode_error(exc) else StoreStatus.PROCESSING_FAILURE
+            status = StoreStatus.CANNOT_UNDERSTAND if _is_decode_error(exc) else StoreStatus.UNEXPECTED_ERROR
             log.exception("STOW-RS of %s failed", sop_uid)
             return refuse(sop_class, sop_uid, status, f"{type(exc).__name__}: {exc}"[:200], assoc_id)
         return InstanceResult(sop_class, sop_uid)

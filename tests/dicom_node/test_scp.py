@@ -9,12 +9,19 @@ import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite
+from pynetdicom.status import (
+    STATUS_FAILURE,
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
 from sqlalchemy import select
 
 from dicom_node.audit import AuditDB, InstanceRecord, JobRecord, JobState
 from dicom_node.config import DEFAULT_MODEL, NodeConfig
 from dicom_node.scp import Receiver, Refusal
-from dicom_node.status import StoreStatus
+from dicom_node.status import PROCESSING_FAILURE, WARNING_STATUSES, StoreStatus, is_delivered
 from dicom_node.storage import Storage
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -131,10 +138,18 @@ def test_shutdown_stops_intake(receiver: Receiver, phantom_files: list[Path]) ->
     assert info.value.status is StoreStatus.OUT_OF_RESOURCES
 
 
-def test_status_values_are_the_standard_ones() -> None:
-    assert StoreStatus.OUT_OF_RESOURCES == 0xA700
-    assert StoreStatus.CANNOT_UNDERSTAND == 0xC000
-    assert StoreStatus.PROCESSING_FAILURE == 0xC211
+def test_status_values_fall_in_the_standards_categories() -> None:
+    """Each status the node answers is a storage status of the category its name says (pynetdicom's
+    table of PS3.4 B.2.3), and only Success and the storage warnings count as delivered."""
+    for status in StoreStatus:
+        expected = STATUS_SUCCESS if status is StoreStatus.SUCCESS else STATUS_FAILURE
+        assert code_to_category(int(status)) == expected, status.name
+        assert int(status) in STORAGE_SERVICE_CLASS_STATUS or status is StoreStatus.SUCCESS, status.name
+    assert {0xB000, 0xB006, 0xB007} <= WARNING_STATUSES  # and the general warnings pynetdicom lists for storage
+    assert all(code_to_category(s) == STATUS_WARNING for s in WARNING_STATUSES)
+    assert all(is_delivered(s) for s in (0x0000, 0xB000, 0xB006, 0xB007))
+    assert not any(is_delivered(int(s)) for s in StoreStatus if s is not StoreStatus.SUCCESS)
+    assert code_to_category(PROCESSING_FAILURE) == STATUS_FAILURE and PROCESSING_FAILURE != StoreStatus.UNEXPECTED_ERROR
 
 
 def test_audit_db_uses_wal(receiver: Receiver) -> None:
