@@ -389,9 +389,9 @@ def run_bench(model: str, quick: bool = False, height: int | None = None, width:
     from pydicom import dcmread
 
     from dicom_node.associations import send_files
-    from dicom_node.processing import pixel_spacing_mm
     from dicom_node.storage import dataset_bytes
     from dicom_node.writers.outputs import build_outputs
+    from dicom_node.writers.source import pixel_spacing_mm
     from inference.engine import Engine, class_stats, labels_at_native
     from inference.model_card import find_card, list_cards
     from inference.prediction import Quality

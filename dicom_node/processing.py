@@ -37,7 +37,7 @@ from dicom_node.jobs import JobQueue
 from dicom_node.references import mark_due
 from dicom_node.storage import Storage, dataset_bytes, write_durably
 from dicom_node.writers.outputs import build_outputs
-from dicom_node.writers.source import usable_spacing
+from dicom_node.writers.source import pixel_spacing_mm
 from inference.prediction import Prediction
 from inference.preprocess import PreparedImage, from_dataset
 from inference.registry import ModelRegistry
@@ -50,16 +50,6 @@ IDLE_POLL_S = 1.0  # a worker with nothing to do re-checks the queue this often 
 class LeaseLost(RuntimeError):
     """The job's lease expired while this worker ran it and another worker took it: the result is not
     recorded (the other worker's run, with the same deterministic UIDs, is)."""
-
-
-def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
-    """PixelSpacing, else ImagerPixelSpacing (row, column spacing in mm), else None: the first that is two
-    positive finite numbers (``writers.source.usable_spacing``; the writers copy no other)."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        spacing = usable_spacing(ds.get(keyword))
-        if spacing is not None:
-            return spacing
-    return None
 
 
 @dataclass
@@ -255,4 +245,4 @@ class WorkerPool:
         return True
 
 
-__all__ = ["JobResult", "LeaseLost", "Processor", "WorkerPool", "pixel_spacing_mm"]
+__all__ = ["JobResult", "LeaseLost", "Processor", "WorkerPool"]

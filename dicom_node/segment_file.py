@@ -20,10 +20,10 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import load_config
 from dicom_node.decoding import DecodeError
-from dicom_node.processing import pixel_spacing_mm
 from dicom_node.storage import dataset_bytes, write_durably
 from dicom_node.writers.outputs import build_outputs
 from dicom_node.writers.overlay import colour_labels, display_rgb, render_overlay
+from dicom_node.writers.source import pixel_spacing_mm
 from inference.prediction import Prediction
 from inference.preprocess import PreparedImage, UnusableImageError, from_dataset, from_image_file
 from inference.registry import ModelRegistry

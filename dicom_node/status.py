@@ -1,13 +1,13 @@
 """Named DIMSE status values used by the node (PS3.4 Annex B.2 and PS3.7 Annex C).
 
-Which statuses mean "stored" is pynetdicom's classification (``code_to_category``), not a list of ours.
+Which statuses mean "stored" comes from pynetdicom's storage status table, not a list of ours.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
+from pynetdicom.status import STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
 
 
 class StoreStatus(IntEnum):
@@ -37,6 +37,9 @@ WARNING_STATUSES = frozenset(
 )
 
 
+DELIVERED_STATUSES = SUCCESS_STATUSES | WARNING_STATUSES  # the peer has the object
+
+
 def is_delivered(status: int) -> bool:
     """True when a peer's C-STORE status means it accepted the object (success or warning)."""
-    return code_to_category(status) in (STATUS_SUCCESS, STATUS_WARNING)
+    return status in DELIVERED_STATUSES

@@ -75,17 +75,23 @@ class Measurements:
 
 
 def vertebra_corners(levels: np.ndarray) -> dict[int, np.ndarray]:
-    """Corners (4, 2) of each vertebra index (0 = T1) present in ``levels``."""
+    """Corners (4, 2) of each vertebra index (0 = T1) present in ``levels``. Each vertebra is examined in
+    its own bounding box (one pass over the labels finds them all), not in the whole image."""
+    ys, xs = np.nonzero(levels)
+    values = levels[ys, xs]
     found: dict[int, np.ndarray] = {}
     for k in range(len(VERTEBRAE)):
-        piece = (levels == vertebra_label(k)).astype(np.uint8)
-        if int(piece.sum()) < MIN_VERTEBRA_PIXELS:
+        mine = values == vertebra_label(k)
+        if int(np.count_nonzero(mine)) < MIN_VERTEBRA_PIXELS:
             continue
+        y0, x0 = int(ys[mine].min()), int(xs[mine].min())
+        box = levels[y0 : int(ys[mine].max()) + 1, x0 : int(xs[mine].max()) + 1]
+        piece = (box == vertebra_label(k)).astype(np.uint8)
         count, comp, stats, _ = cv2.connectedComponentsWithStats(piece, connectivity=8)
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         if stats[largest, cv2.CC_STAT_AREA] < MIN_VERTEBRA_PIXELS:
             continue
-        found[k] = _quadrilateral((comp == largest).astype(np.uint8))
+        found[k] = _quadrilateral((comp == largest).astype(np.uint8)) + np.array([x0, y0], np.float64)
     return found
 
 
@@ -112,14 +118,9 @@ def _curve(c: CobbAngle, names: list[str], corners: np.ndarray) -> Curve:
 
 def measure(levels: np.ndarray) -> Measurements:
     """Vertebrae, Cobb angles and T1 tilt of a level label image (native size)."""
-    ys, xs = np.nonzero(levels)
-    if not len(ys):
+    found = vertebra_corners(levels)
+    if not found:
         return Measurements([], [], None, ["no vertebra found"])
-    y0, x0 = int(ys.min()), int(xs.min())  # work on the column's bounding box only
-    found = {
-        k: c + np.array([x0, y0], np.float64)
-        for k, c in vertebra_corners(levels[y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1]).items()
-    }
     ordered = sorted(found)
     corners = np.array([found[k] for k in ordered]) if ordered else np.zeros((0, 4, 2))
     tilts = np.degrees(np.arctan2(-directions(corners)[:, 1], directions(corners)[:, 0])) if ordered else []

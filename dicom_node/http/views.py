@@ -28,13 +28,12 @@ from dicom_node.audit import (
     OutputRecord,
 )
 from dicom_node.report import iso, job_view, with_outputs
-from dicom_node.status import SUCCESS_STATUSES, WARNING_STATUSES
+from dicom_node.status import DELIVERED_STATUSES
 
 THUMBNAIL_MAX_SIDE = 320  # pixels of the longer side of a job's overlay thumbnail
 THUMBNAIL_CACHE = 256  # thumbnails kept in memory (they never change for a given output file)
 # inference time histogram buckets, seconds (a CPU forward pass of the demo models is 0.05-2 s)
 INFERENCE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-DELIVERED_STATUSES = tuple(int(s) for s in (*SUCCESS_STATUSES, *WARNING_STATUSES))
 
 
 def job_detail(db: AuditDB, job_id: int) -> dict[str, Any] | None:
@@ -174,7 +173,7 @@ def prometheus_text(db: AuditDB, uploads: Histogram, models: list[dict[str, Any]
         attempt_failures = scalar(
             select(func.count())
             .select_from(DeliveryAttempt)
-            .where((DeliveryAttempt.status.is_(None)) | (DeliveryAttempt.status.not_in(DELIVERED_STATUSES)))
+            .where((DeliveryAttempt.status.is_(None)) | (DeliveryAttempt.status.not_in(sorted(DELIVERED_STATUSES))))
         )
         timed = JobRecord.inference_ms.is_not(None)
         hist_row = s.execute(

@@ -25,7 +25,7 @@ from pydicom.sr.coding import Code
 from dicom_node import uids
 from dicom_node.seg_compare import SegmentComparison
 from dicom_node.writers.outputs import MANUFACTURER, description, disclaimer, software_version
-from dicom_node.writers.provenance import contributing_equipment, stamp
+from dicom_node.writers.provenance import stamp
 from dicom_node.writers.regions import segment_region
 from dicom_node.writers.source import writable_source
 from dicom_node.writers.sr import PRIVATE_SCHEME, UNIT_PIXELS, UNIT_RATIO, comprehensive_sr, segment_group
@@ -105,7 +105,7 @@ def build_evaluation_report(
             continue
         groups.append(segment_group(c.spec, card, source, region, comparison_measurements(c)))
     comments = [comparison_comment(c, reference) for c in comparisons]
-    started = started or datetime.now()
+    software = software_version()
     report = comprehensive_sr(
         source,
         [source, seg, reference],
@@ -116,11 +116,11 @@ def build_evaluation_report(
         series_number=EVAL_SR_SERIES_NUMBER,
         manufacturer=MANUFACTURER,
         series_description=description("Spine accuracy vs reference", card),
-        software_versions=software_version(),
+        software_versions=software,
         findings=findings,
         comments=[*comments, *([warning] if warning else [])],
     )
-    stamp(report, contributing_equipment(card, MANUFACTURER, software_version(), started), started)
+    stamp([report], card, MANUFACTURER, software, started or datetime.now())
     return report
 
 

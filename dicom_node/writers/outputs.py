@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from dicom_node import uids
 from dicom_node.config import DEFAULT_CHARACTER_SET
 from dicom_node.writers.overlay import build_overlay
-from dicom_node.writers.provenance import contributing_equipment, stamp
+from dicom_node.writers.provenance import stamp
 from dicom_node.writers.seg import build_segmentation
 from dicom_node.writers.source import writable_source
 from dicom_node.writers.sr import build_measurement_report
@@ -149,11 +149,7 @@ def build_outputs(
         display_image=display_image,
     )
     t3 = time.perf_counter()
-    started = started or datetime.now()
-    equipment = contributing_equipment(card, MANUFACTURER, software, started)
-    for ds in (seg, sr, sc):
-        if ds is not None:
-            stamp(ds, equipment, started)
+    stamp([ds for ds in (seg, sr, sc) if ds is not None], card, MANUFACTURER, software, started or datetime.now())
     timings = {"build_seg": t1 - t0, "build_sr": t2 - t1, "build_sc": t3 - t2}
     return Outputs(seg=seg, sr=sr, sc=sc, timings_ms={k: round(v * 1000, 1) for k, v in timings.items()})
 

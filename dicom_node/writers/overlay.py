@@ -1,15 +1,13 @@
 """The overlay: an RGB Secondary Capture of the source as displayed, with the segmentation burned in.
 
 Class V is tinted green and T1 red (``inference.classes.CLASS_COLOURS``), semi-transparent and outlined;
-the endplate lines of each Cobb angle's end vertebrae are drawn in yellow, and the angles, their end
-vertebrae and the T1 tilt are listed in the legend.
-A legend names the model and gives each class's area, coverage, mean probability and flip agreement; it
-sits in the image corner where it hides the least of the segmented column (on a full-spine film the top
-left corner would cover C7/T1). "NOT FOR DIAGNOSTIC USE" is burned in across the bottom. A prediction
-whose quality flag says it is not reliable is not drawn: the overlay says "NO RELIABLE SEGMENTATION" and
-why. The SC has the source's rows and
-columns, says BurnedInAnnotation YES and references its source (Source Image Sequence, Derivation
-Description).
+the endplate lines of each reported Cobb angle's end vertebrae are drawn in yellow. A legend names the
+model and gives each class's area, coverage, mean probability and flip agreement, and the reported Cobb
+angles, their end vertebrae and the T1 tilt; it sits in the image corner where it hides the least of the
+segmented column (on a full-spine film the top left corner would cover C7/T1). "NOT FOR DIAGNOSTIC USE"
+is burned in across the bottom. A prediction whose quality flag says it is not reliable is not drawn:
+the overlay says "NO RELIABLE SEGMENTATION" and why. The SC has the source's rows and columns, says
+BurnedInAnnotation YES and references its source (Source Image Sequence, Derivation Description).
 
 All pixel work is vectorised (a colour lookup, one blend and masked copies), so a 2500 x 1300 image
 costs milliseconds; text and outlines are drawn with OpenCV.

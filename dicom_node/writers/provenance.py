@@ -9,12 +9,15 @@
   defined term closest to it is used, DCM 109102 "Processing Equipment", rather than a code made up here.
 * Content Date and Content Time: when the analysis started (highdicom stamps the moment each object is
   constructed, which is later).
+* TID 4019 Algorithm Identification of the model, for every SR measurement group (``algorithm_id``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
+import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -43,11 +46,21 @@ def contributing_equipment(card: ModelCard, manufacturer: str, software_version:
     return item
 
 
-def stamp(ds: Dataset, equipment: Dataset, started: datetime) -> None:
-    """Give ``ds`` the algorithm's Contributing Equipment item and the analysis start as its content time."""
-    ds.ContributingEquipmentSequence = [equipment]
-    ds.ContentDate = started.strftime(DA_FORMAT)
-    ds.ContentTime = started.strftime(TM_FORMAT)
+def stamp(
+    outputs: Iterable[Dataset], card: ModelCard, manufacturer: str, software_version: str, started: datetime
+) -> None:
+    """Give each of ``outputs`` the model's Contributing Equipment item and the analysis start as its
+    content date and time."""
+    equipment = contributing_equipment(card, manufacturer, software_version, started)
+    for ds in outputs:
+        ds.ContributingEquipmentSequence = [equipment]
+        ds.ContentDate = started.strftime(DA_FORMAT)
+        ds.ContentTime = started.strftime(TM_FORMAT)
 
 
-__all__ = ["PURPOSE_OF_REFERENCE", "contributing_equipment", "stamp"]
+def algorithm_id(card: ModelCard) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 for ``card``'s model: its name, weights version and the AI family."""
+    return hd.sr.AlgorithmIdentification(name=card.name, version=card.version, family=codes.DCM.ArtificialIntelligence)
+
+
+__all__ = ["PURPOSE_OF_REFERENCE", "algorithm_id", "contributing_equipment", "stamp"]

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
+import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
@@ -64,4 +66,15 @@ def segment_region(mask: np.ndarray) -> SegmentRegion | None:
     return SegmentRegion(_closed(simplified + PIXEL_CENTRE), purpose)
 
 
-__all__ = ["BOUNDED_BY", "OUTLINE", "SegmentRegion", "segment_region"]
+def image_region(points: np.ndarray, source: Dataset) -> hd.sr.ImageRegion:
+    """A TID 1410 Image Region: the closed POLYLINE ``points`` (image coordinates) on ``source``."""
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=points,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID, referenced_sop_instance_uid=source.SOPInstanceUID
+        ),
+    )
+
+
+__all__ = ["BOUNDED_BY", "OUTLINE", "SegmentRegion", "image_region", "segment_region"]

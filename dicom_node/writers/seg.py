@@ -39,7 +39,7 @@ from pydicom.sr.coding import Code
 from pydicom.valuerep import format_number_as_ds
 
 from dicom_node.uids import tracking_uid
-from dicom_node.writers.source import usable_spacing
+from dicom_node.writers.source import pixel_spacing_mm
 from inference.classes import CLASS_COLOURS, SpineClass
 from inference.model_card import ModelCard
 
@@ -126,15 +126,6 @@ def segment_array(labels: np.ndarray) -> np.ndarray:
     return planes
 
 
-def source_spacing(source: Dataset) -> tuple[float, float] | None:
-    """The source's usable Pixel Spacing, else Imager Pixel Spacing (row, column, mm)."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        spacing = usable_spacing(source.get(keyword))
-        if spacing is not None:
-            return spacing
-    return None
-
-
 def segmentation_type(rows: int, cols: int) -> hd.seg.SegmentationTypeValues:
     """BINARY, or FRACTIONAL when BINARY's packed pixel data (one frame per segment) would need a pad byte."""
     packed_bytes = -(-rows * cols * len(SEGMENTS) // BITS_PER_BYTE)
@@ -146,7 +137,7 @@ def segmentation_type(rows: int, cols: int) -> hd.seg.SegmentationTypeValues:
 def pixel_measures_for(source: Dataset) -> hd.PixelMeasuresSequence | None:
     """Pixel Measures for highdicom's constructor when the source has a spacing and a Slice Thickness, else
     ``None`` (the item is then written by ``_complete_2d_geometry``)."""
-    spacing = source_spacing(source)
+    spacing = pixel_spacing_mm(source)
     thickness = source.get("SliceThickness")
     if spacing is None or thickness is None or thickness == "":
         return None
@@ -156,7 +147,7 @@ def pixel_measures_for(source: Dataset) -> hd.PixelMeasuresSequence | None:
 def _projection_pixel_measures(source: Dataset) -> Dataset:
     """The shared Pixel Measures item of a projection image's SEG: its spacing, if any, and nothing else."""
     item = Dataset()
-    spacing = source_spacing(source)
+    spacing = pixel_spacing_mm(source)
     if spacing is not None:
         item.PixelSpacing = [format_number_as_ds(v) for v in spacing]
     return item
@@ -267,5 +258,4 @@ __all__ = [
     "segment_array",
     "segment_descriptions",
     "segmentation_type",
-    "source_spacing",
 ]

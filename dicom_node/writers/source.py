@@ -21,7 +21,7 @@ Two repairs real vendors' headers need:
   them validly. A declared character set, ISO 2022 code extensions included, is decoded as declared; the
   outputs then carry UTF-8 too whenever a text value is not ASCII (UTF-8 encodes whatever was declared).
 * Spacings that are not positive finite numbers (a zero Pixel Spacing, one value instead of two): left
-  out with a logged reason, never copied. Areas are then given in pixels (``processing.pixel_spacing_mm``
+  out with a logged reason, never copied. Areas are then given in pixels (``pixel_spacing_mm``
   applies the same rule) and the SR says so by its units.
 """
 
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 from pydicom import config
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName, validate_value
 
@@ -99,6 +99,16 @@ def usable_spacing(value: object) -> tuple[float, float] | None:
     return values[0], values[1]
 
 
+def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
+    """Pixel Spacing, else Imager Pixel Spacing (row, column, mm): the first that is ``usable_spacing``
+    (areas, the SEG's Pixel Measures); ``None`` when neither is."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = usable_spacing(ds.get(keyword))
+        if spacing is not None:
+            return spacing
+    return None
+
+
 def _bad_spacing(elem: DataElement) -> bool:
     if elem.keyword not in SPACINGS:
         return False
@@ -108,17 +118,14 @@ def _bad_spacing(elem: DataElement) -> bool:
     return False
 
 
-def _raw_bytes(source: Dataset, tag: int) -> bytes | None:
-    """The undecoded value of a top-level text element of a source without Specific Character Set."""
-    item = source.get_item(tag)
-    if isinstance(item, RawDataElement):
-        return item.value
-    value = item.value if isinstance(item, DataElement) else None
+def _as_read(value: object) -> bytes:
+    """The bytes of a text value as they were in the file: pydicom decodes text of a source without
+    Specific Character Set as Latin-1, which gives every byte back unchanged."""
     if isinstance(value, PersonName) and isinstance(value.original_string, bytes):
         return value.original_string
-    if isinstance(value, str):
-        return value.encode("latin-1", errors="replace")  # pydicom decoded it as its default, Latin-1
-    return None
+    if isinstance(value, Sequence) and not isinstance(value, str):  # several values
+        return b"\\".join(_as_read(v) for v in value)
+    return str(value).encode("latin-1", errors="replace")
 
 
 def _redecoded(source: Dataset, default_character_set: str) -> dict[int, DataElement]:
@@ -131,7 +138,7 @@ def _redecoded(source: Dataset, default_character_set: str) -> dict[int, DataEle
     for elem in source:
         if str(elem.VR) not in TEXT_VRS:
             continue
-        raw = _raw_bytes(source, elem.tag)
+        raw = _as_read(elem.value)
         if not raw or raw.isascii():
             continue
         delimiters = PN_DELIMITERS | TEXT_DELIMITERS if elem.VR == "PN" else TEXT_DELIMITERS
@@ -173,4 +180,11 @@ def writable_source(source: Dataset, default_character_set: str = DEFAULT_CHARAC
     return completed
 
 
-__all__ = ["DEFAULT_CHARACTER_SET", "TYPE2_PATIENT_STUDY", "UTF8", "usable_spacing", "writable_source"]
+__all__ = [
+    "DEFAULT_CHARACTER_SET",
+    "TYPE2_PATIENT_STUDY",
+    "UTF8",
+    "pixel_spacing_mm",
+    "usable_spacing",
+    "writable_source",
+]

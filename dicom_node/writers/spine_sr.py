@@ -28,13 +28,14 @@ from pydicom.sr.coding import Code
 
 from dicom_node.uids import tracking_uid
 from dicom_node.writers.private_codes import PRIVATE_SCHEME
+from dicom_node.writers.provenance import algorithm_id
+from dicom_node.writers.regions import PIXEL_CENTRE
 from inference.measure import Curve, Measurements
 from inference.model_card import ModelCard
 
 COBB_ANGLE = codes.SCT.CobbAngle
 T1_TILT = Code("T1TILT", PRIVATE_SCHEME, "T1 tilt (upper endplate to image horizontal)")  # + rising right
 UNIT_DEGREE = codes.UCUM.Degree
-PIXEL_CENTRE = 0.5
 CURVE_NAMES = ("main", "secondary 1", "secondary 2")  # the challenge's order of the three angles
 
 
@@ -76,9 +77,7 @@ def _group(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(source.SOPInstanceUID, card.name, card.weights_sha256, key), identifier=label
         ),
-        algorithm_id=hd.sr.AlgorithmIdentification(
-            name=card.name, version=card.version, family=codes.DCM.ArtificialIntelligence
-        ),
+        algorithm_id=algorithm_id(card),
         measurements=[measurement],
     )
 

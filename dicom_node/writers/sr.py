@@ -20,7 +20,8 @@ an image region is equally valid TID 1500 content (PS3.16 TID 1500 row 7, TID 14
 
 Free text goes into the report's "Qualitative Evaluations" container (TID 1500 rows 12-13): the demo
 disclaimer ("Comment") and, when the prediction's quality flag says it is not reliable, the statement
-that no reliable segmentation was obtained ("Finding") - such a report has no measurement groups. The
+that no reliable segmentation was obtained and why ("Finding") - such a report has one group only, the
+analysed image with no measurement (``analysed_image_group``). The
 document evidence lists the source image and the SEG (when one was written); the source is also in the
 Image Library when highdicom can describe it.
 
@@ -42,7 +43,8 @@ from pydicom.sr.coding import Code
 
 from dicom_node.uids import device_uid, tracking_uid
 from dicom_node.writers.private_codes import PRIVATE_SCHEME, PRIVATE_SCHEME_NAME, PRIVATE_SCHEME_ORGANIZATION
-from dicom_node.writers.regions import SegmentRegion, segment_region
+from dicom_node.writers.provenance import algorithm_id
+from dicom_node.writers.regions import SegmentRegion, image_region, segment_region
 from dicom_node.writers.seg import SEGMENTS, SegmentSpec
 from dicom_node.writers.spine_sr import spine_groups
 from inference.model_card import ModelCard
@@ -113,23 +115,14 @@ def segment_group(
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """A measurement group about one segment: tracking identifier and UID (shared with the SEG), its
     region on ``source``, finding type, the model as algorithm and ``items``."""
-    image_region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=region.points,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=source.SOPClassUID, referenced_sop_instance_uid=source.SOPInstanceUID
-        ),
-    )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(source.SOPInstanceUID, card.name, card.weights_sha256, spec.label),
             identifier=spec.tracking_id,
         ),
-        referenced_region=image_region,
+        referenced_region=image_region(region.points, source),
         finding_type=spec.property_type,
-        algorithm_id=hd.sr.AlgorithmIdentification(
-            name=card.name, version=card.version, family=codes.DCM.ArtificialIntelligence
-        ),
+        algorithm_id=algorithm_id(card),
         geometric_purpose=region.purpose,
         measurements=list(items),
     )
@@ -146,17 +139,9 @@ def analysed_image_group(card: ModelCard, source: Dataset) -> hd.sr.PlanarROIMea
             uid=tracking_uid(source.SOPInstanceUID, card.name, card.weights_sha256, "analysed-image"),
             identifier=NO_RELIABLE_SEGMENTATION.meaning,
         ),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=edges,
-            source_image=hd.sr.SourceImageForRegion(
-                referenced_sop_class_uid=source.SOPClassUID, referenced_sop_instance_uid=source.SOPInstanceUID
-            ),
-        ),
+        referenced_region=image_region(edges, source),
         finding_type=NO_RELIABLE_SEGMENTATION,
-        algorithm_id=hd.sr.AlgorithmIdentification(
-            name=card.name, version=card.version, family=codes.DCM.ArtificialIntelligence
-        ),
+        algorithm_id=algorithm_id(card),
     )
 
 

@@ -14,9 +14,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicom_node.processing import pixel_spacing_mm
 from dicom_node.writers import build_outputs
-from dicom_node.writers.source import UTF8, usable_spacing, writable_source
+from dicom_node.writers.source import UTF8, pixel_spacing_mm, usable_spacing, writable_source
 from inference.phantom import make_phantom
 from inference.phantom_dicom import phantom_to_dataset
 from tests.dciodvfy import dciodvfy_errors
@@ -85,6 +84,19 @@ def test_undeclared_latin1_text_is_decoded_with_the_default_and_written_as_utf8(
         assert ds.SpecificCharacterSet == UTF8, kind
         assert str(ds.PatientName) == LATIN1_NAME, kind
     assert writable_source(dcmread(path)).InstitutionName == LATIN1_INSTITUTION
+
+
+def test_undeclared_multi_valued_text_keeps_its_values(tmp_path: Path) -> None:
+    names = ["Müller^Jürgen", "Mañana^José"]
+    path = source_file(
+        tmp_path,
+        "multi",
+        {"SpecificCharacterSet": None, "OtherPatientNames": "PLACEHOLDER1"},
+        {1: "\\".join(names).encode("latin-1")},
+    )
+    completed = writable_source(dcmread(path))
+    assert [str(n) for n in completed.OtherPatientNames] == names
+    assert completed.SpecificCharacterSet == UTF8
 
 
 def test_undeclared_utf8_text_with_a_utf8_default(tmp_path: Path) -> None:
