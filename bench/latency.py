@@ -3,7 +3,7 @@
 Starts an in-process node with the chosen model and a dcmtk ``storescp`` destination on loopback, sends
 phantom DX images one at a time with dcmtk ``storescu`` (``TCP_NODELAY=1``), and reads the audit database:
 C-STORE acknowledged, queue wait, per-stage job timings and delivery. The same
-measurement is part of ``spinenode bench`` (``dicom_node.bench``), which this script reuses.
+measurement is part of ``spinenode bench`` (``bench.node_bench``), which this script reuses.
 
     .venv/bin/python bench/latency.py --model demo-unetplusplus --n 5 --height 2500 --width 1300
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicom_node.bench import StoreSCP, end_to_end, medians, phantom_files, start_node
+from bench.node_bench import StoreSCP, end_to_end, medians, phantom_files, start_node
 
 
 def main() -> int:

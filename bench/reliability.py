@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -44,6 +43,7 @@ sys.path.insert(0, str(PROJECT))
 
 from pydicom import dcmread  # noqa: E402
 
+from dicom_node.testing.peers import free_port, wait_port  # noqa: E402
 from inference.phantom import make_phantom  # noqa: E402
 from inference.phantom_dicom import phantom_to_dataset  # noqa: E402
 
@@ -56,24 +56,6 @@ CANARY_ID = "CANARYID-74310"
 NODE_AE = "SPINENODE"
 DEST_AE = "RELDEST"
 TOOL_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 120.0, proc: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
 def make_phantoms(out: Path, n: int, first_seed: int, height: int = 400) -> list[Path]:
@@ -311,7 +293,9 @@ def report(name: str, node: NodeProcess, dest: Destination, tally: Tally, second
     per_source: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for sop_class, uid, refs in received:
         kind = KINDS.get(sop_class)
-        for source in refs & acknowledged if kind else ():
+        if kind is None:
+            continue
+        for source in refs & acknowledged:
             per_source[source][kind].add(uid)
     lost = sorted(s for s in acknowledged if set(per_source[s]) != {"seg", "sr", "sc"})
     conflicting = sorted(s for s, kinds in per_source.items() if any(len(u) > 1 for u in kinds.values()))

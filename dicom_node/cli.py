@@ -63,7 +63,7 @@ def _node_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dicom_node.node import Node
+    from dicom_node.roles.node import Node
 
     config = _node_config(args)
     node = Node.compose(config)
@@ -113,7 +113,7 @@ def _bind_http(node: Any, config: Any) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dicom_node.worker import WorkerNode
+    from dicom_node.roles.worker import WorkerNode
 
     config = _node_config(args)
     try:
@@ -157,8 +157,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from dicom_node.associations import send_files
     from dicom_node.config import ConfigError, Destination
+    from dicom_node.delivery.associations import send_files
 
     try:
         dest = Destination.parse(args.destination)
@@ -182,7 +182,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from dicom_node.segment_file import segment_file
+    from dicom_node.roles.segment_file import segment_file
 
     try:
         summary = segment_file(Path(args.file), Path(args.out), args.model)
@@ -193,14 +193,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _open_db(args: argparse.Namespace) -> Any:
-    from dicom_node.audit import AuditDB
+    from dicom_node.audit.records import AuditDB
 
     config = _node_config(args)
     if config.db_url:
         try:
             return AuditDB(config.db_url)
         except Exception as exc:
-            from dicom_node.database import redacted
+            from dicom_node.audit.database import redacted
 
             raise CLIError(f"cannot open the database {redacted(config.db_url)}: {type(exc).__name__}") from exc
     if not config.db_path.is_file():
@@ -209,7 +209,7 @@ def _open_db(args: argparse.Namespace) -> Any:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from dicom_node.report import audit_report, format_audit
+    from dicom_node.audit.report import audit_report, format_audit
 
     db = _open_db(args)
     report = audit_report(db, since=args.since, limit=args.limit)
@@ -218,7 +218,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from dicom_node.comparisons import format_metrics, metrics_report
+    from dicom_node.reference.metrics import format_metrics, metrics_report
 
     config = _node_config(args)
     alert_below = config.accuracy_alert_below if args.alert_below is None else args.alert_below
@@ -231,7 +231,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from dicom_node.sender import requeue_deliveries
+    from dicom_node.delivery.sender import requeue_deliveries
 
     n = requeue_deliveries(_open_db(args), include_failed=args.failed)
     print(f"{n} deliveries due now (the running node sends them within a second)")
@@ -276,6 +276,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             "iou_before": result.before,
             "iou_after": result.after,
         }
+        assert card.directory is not None  # a card found in the models directory
         card.save(card.directory)
         print(f"{card.name}: logit offsets {result.offsets}; V/T1 IoU {result.before} -> {result.after}")
         return 0
@@ -336,6 +337,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result["data"] = source.describe()
     if args.record:  # keep the figures in the model card (e.g. the held-out phantom evaluation)
         card.metrics[args.record] = result
+        assert card.directory is not None  # a card found in the models directory
         card.save(card.directory)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -382,7 +384,7 @@ def _evaluate_spineweb(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from dicom_node.bench import main as bench_main
+    from bench.node_bench import main as bench_main
     from dicom_node.config import DEFAULT_MODEL
     from inference.model_card import find_card
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from dicom_node.config_web import (
 )
 
 CONFIG_ENV = "SPINENODE_CONFIG"
-DB_URL_ENV = "SPINENODE_DB_URL"  # the database URL (see dicom_node.database)
+DB_URL_ENV = "SPINENODE_DB_URL"  # the database URL (see dicom_node.audit.database)
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "node.toml"
 
 DEFAULT_AE_TITLE = "SPINENODE"
@@ -147,13 +149,13 @@ class NodeConfig:
     default_character_set: str = DEFAULT_CHARACTER_SET
     accuracy_alert_below: float = ACCURACY_ALERT_BELOW
     accuracy_recent: int = ACCURACY_RECENT
-    # DICOM over TLS ([tls] in the TOML, dicom_node.tls): certificate and key (PEM) make the SCP TLS-only
+    # DICOM over TLS ([tls] in the TOML, dicom_node.dimse.tls): certificate and key (PEM) make the SCP TLS-only
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # CA bundle (PEM) for peers' certificates: clients', TLS destinations'
     tls_require_client_cert: bool = False  # mutual TLS: clients must present a certificate of tls_ca
     tls_destinations: tuple[str, ...] = ()  # AE@HOST:PORT of the destinations reached over TLS
-    # [database]: None = SQLite file in data_dir; postgresql+psycopg://... to scale out (dicom_node.database)
+    # [database]: None = SQLite file in data_dir; postgresql+psycopg://... to scale out (dicom_node.audit.database)
     db_url: str | None = None
     lease_s: float = LEASE_S  # job and delivery leases (heartbeat every third of it)
     # the web page and REST API ([http] in the TOML, dicom_node.http) in the same process; port 0: off
@@ -250,7 +252,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     if "destinations" in node:
         out["destinations"] = tuple(parse_destination(d) for d in _strings(node, "destinations", "[node]"))
     if "allowed_calling_aes" in node:
-        out["allowed_calling_aes"] = tuple(_check_ae(a) for a in node["allowed_calling_aes"])
+        out["allowed_calling_aes"] = tuple(_check_ae(a) for a in _strings(node, "allowed_calling_aes", "[node]"))
     retry = raw.get("retry", {})
     for key, name in (
         ("initial_s", "retry_initial_s"),
@@ -268,7 +270,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         if tls.get(key):
             out[f"tls_{key}"] = Path(tls[key])
     if "require_client_cert" in tls:
-        out["tls_require_client_cert"] = bool(tls["require_client_cert"])
+        out["tls_require_client_cert"] = tls["require_client_cert"]
     if "destinations" in tls:
         out["tls_destinations"] = tuple(str(Destination.parse(d)) for d in tls["destinations"])
     unknown_tls = set(tls) - {"cert", "key", "ca", "require_client_cert", "destinations"}
@@ -281,9 +283,9 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         out["stow_settings"] = tuple(StowSettings.from_toml(t, i) for i, t in enumerate(stow))
     database = raw.get("database", {})
     if database.get("url"):
-        out["db_url"] = str(database["url"])
+        out["db_url"] = database["url"]
     if "lease_s" in database:
-        out["lease_s"] = float(database["lease_s"])
+        out["lease_s"] = database["lease_s"]
     unknown_database = set(database) - {"url", "lease_s"}
     if unknown_database:
         raise ConfigError(f"unknown [database] keys: {', '.join(sorted(unknown_database))}")
@@ -291,16 +293,18 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     if unknown_metrics:
         raise ConfigError(f"unknown [metrics] keys: {', '.join(sorted(unknown_metrics))}")
     routes = []
-    for r in raw.get("routes", []):
+    match_keys = ("called_ae", "calling_ae", "modality", "body_part", "view_position")
+    for i, r in enumerate(typed(raw, "routes", list, "", [])):
+        where = f"[[routes]] #{i + 1}"
+        check_keys(r, {"model", "destinations", *match_keys}, where)
+        model = typed(r, "model", str, where)
+        if not model:
+            raise ConfigError(f"{where}: model is required")
         routes.append(
             Route(
-                model=r["model"],
-                destinations=tuple(parse_destination(d) for d in _strings(r, "destinations", "[[routes]]")),
-                called_ae=r.get("called_ae"),
-                calling_ae=r.get("calling_ae"),
-                modality=r.get("modality"),
-                body_part=r.get("body_part"),
-                view_position=r.get("view_position"),
+                model=model,
+                destinations=tuple(parse_destination(d) for d in _strings(r, "destinations", where)),
+                **{k: typed(r, k, str, where) for k in match_keys},
             )
         )
     if routes:
@@ -361,7 +365,54 @@ def _check_http(cfg: NodeConfig) -> None:
         raise ConfigError("[[dicomweb.destinations]]: each url once")
 
 
+# where a setting comes from, for error messages ([node] key unless listed; flags use the same values)
+SOURCE_OF: dict[str, str] = {
+    "retry_initial_s": "[retry] initial_s",
+    "retry_max_s": "[retry] max_s",
+    "retry_max_attempts": "[retry] max_attempts",
+    "accuracy_alert_below": "[metrics] alert_below",
+    "accuracy_recent": "[metrics] recent",
+    "tls_require_client_cert": "[tls] require_client_cert",
+    "db_url": "[database] url (or $SPINENODE_DB_URL, --db-url)",
+    "lease_s": "[database] lease_s",
+    "http_host": "[http] host",
+    "http_port": "[http] port",
+}
+_SCALARS = (bool, int, float, str, Path)
+
+
+def _typed_fields(cfg: NodeConfig) -> NodeConfig:
+    """Every scalar setting checked against its annotation: a wrong type names the setting, the value and
+    what is expected (TOML's ``true`` is not a number, ``"11112"`` is not a port). Integers are accepted
+    where a float is expected, strings where a path is; tuples are built and checked by their parsers."""
+    hints = typing.get_type_hints(NodeConfig)
+    fixed: dict[str, Any] = {}
+    for name, hint in hints.items():
+        value = getattr(cfg, name)
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if value is None and type(None) in kinds:
+            continue
+        kind = next((k for k in kinds if k in _SCALARS), None)
+        if kind is None:
+            continue
+        ok = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, int | float) and not isinstance(value, bool),
+            str: isinstance(value, str),
+            Path: isinstance(value, str | Path),
+        }[kind]
+        if not ok:
+            where = SOURCE_OF.get(name, f"[node] {name}")
+            expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+            raise ConfigError(f"{where} = {value!r}: expected {expected[kind]}, not {type(value).__name__}")
+        if kind in (float, Path):
+            fixed[name] = kind(value)
+    return replace(cfg, **fixed)
+
+
 def _validated(cfg: NodeConfig) -> NodeConfig:
+    cfg = _typed_fields(cfg)
     _check_ae(cfg.ae_title)
     if not 0 <= cfg.port < 65536:
         raise ConfigError(f"port {cfg.port} out of range")
@@ -383,7 +434,7 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
     if cfg.lease_s < 1:
         raise ConfigError("database lease_s must be at least 1 second")
     if cfg.db_url is not None:
-        from dicom_node.database import DatabaseURLError, normalized
+        from dicom_node.audit.database import DatabaseURLError, normalized
 
         try:
             cfg = replace(cfg, db_url=normalized(cfg.db_url))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicom_node.passwords import SHA256_HEX, BadHash, ScryptHash
+from dicom_node.http.passwords import SHA256_HEX, BadHash, ScryptHash
 
 STOW_PREFIX = "stow+"
 MAX_DESTINATION_CHARS = 128  # the width of deliveries.destination in the audit database
@@ -184,7 +184,7 @@ class HttpUser:
         t = check_keys(table, {"name", "password_hash"}, where)
         name, hashed = _name(t, where), typed(t, "password_hash", str, where)
         if not hashed:
-            raise ConfigError(f"{where}: password_hash is required (python -m dicom_node.passwords hash-password)")
+            raise ConfigError(f"{where}: password_hash is required (python -m dicom_node.http.passwords hash-password)")
         try:
             return cls(name, ScryptHash.parse(hashed))
         except BadHash as exc:
@@ -204,7 +204,7 @@ class HttpToken:
         t = check_keys(table, {"name", "sha256"}, where)
         name, digest = _name(t, where), typed(t, "sha256", str, where, "")
         if not SHA256_HEX.match(digest.lower()):
-            hint = "python -m dicom_node.passwords new-token"
+            hint = "python -m dicom_node.http.passwords new-token"
             raise ConfigError(f"{where} ({name}): sha256 must be 64 hex digits ({hint})")
         return cls(name, digest.lower())
 

@@ -109,7 +109,7 @@ def _clutter(rng: np.random.Generator, img: np.ndarray) -> None:
 def augment(rng: np.random.Generator, stored: Stored, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """One random training view: float32 image (H, W) in [0, 1] and uint8 labels (H, W)."""
     h, w = size
-    m = _affine(rng, stored.image.shape, size)  # type: ignore[arg-type]
+    m = _affine(rng, stored.image.shape, size)
     src = stored.image.astype(np.float32) / 255.0
     img = cv2.warpAffine(
         src, m, (w, h), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT, borderValue=BACKGROUND_FILL

@@ -118,7 +118,7 @@ def _load_coco(ann_path: Path, image_dir: Path, indices: list[int]) -> Iterator[
         mask = np.zeros((rows, cols), np.uint8)
         for ann in by_image.get(image["id"], []):
             name = ann.get("name") or categories.get(ann.get("category_id"))
-            if name not in SpineClass.__members__:
+            if not isinstance(name, str) or name not in SpineClass.__members__:
                 continue
             value = int(SpineClass[name])
             segs = ann.get("segmentation") or []

@@ -266,6 +266,10 @@ def train_levels(cfg: LevelTrainConfig) -> ModelCard:
             "history": history,
         },
     )
+    if cfg.init_from is not None and (cfg.init_from.parent / "model.json").is_file():
+        earlier = ModelCard.load(cfg.init_from.parent).training  # staged fine-tuning keeps every stage's record
+        if earlier:
+            card.training["previous_stages"] = [*earlier.pop("previous_stages", []), earlier]
     card.save(cfg.out)
     return card
 

@@ -11,6 +11,7 @@ all others as class V.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -64,7 +65,7 @@ class Phantom:
         return (unit_image(self) * 255 + 0.5).astype(np.uint8)
 
 
-def _centreline(rng: np.random.Generator, cobb_target: float) -> tuple[callable, float]:
+def _centreline(rng: np.random.Generator, cobb_target: float) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
     """Return x-offset(t) (in units of image width) for t in [0,1] along the spine, and its amplitude."""
     n_curves = rng.choice([1, 2], p=[0.5, 0.5])
     freq = 0.5 * n_curves + rng.uniform(-0.1, 0.15)

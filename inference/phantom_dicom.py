@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import DSfloat
 
 from inference.phantom import BITS_STORED, Phantom, make_phantom
@@ -196,10 +196,10 @@ def _sop_common_module(ds: Dataset, sop_uid: str) -> None:
 
 def _file_meta(sop_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_PRESENTATION_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(DX_PRESENTATION_SOP_CLASS)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _name_uid("implementation")
+    meta.ImplementationClassUID = UID(_name_uid("implementation"))
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     return meta
 

@@ -33,7 +33,7 @@ class PreparedImage:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.image.shape  # type: ignore[return-value]
+        return self.image.shape
 
 
 MIN_SIDE = 8  # smaller images cannot be segmented meaningfully

@@ -191,7 +191,7 @@ class SpineWeb:
             if problem:
                 self.exclusions.append(Exclusion(i, name, problem))
                 continue
-            self.records.append(Record(i, name, corners, ang, (rows_, cols), notes))  # type: ignore[arg-type]
+            self.records.append(Record(i, name, corners, ang, (rows_, cols), notes))
 
     @property
     def repaired(self) -> list[Record]:

@@ -1,18 +1,21 @@
-"""Shared fixtures: free ports, a tiny real model, phantom DICOM files, dcmtk peers on loopback."""
+"""Shared fixtures: a tiny real model, phantom DICOM files, dcmtk peers on loopback.
+
+The peers and waits themselves are ``dicom_node.testing.peers`` (shared with the benchmark); they are
+imported here so that test modules take every helper from one place.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from dicom_node.testing.peers import StoreSCP, free_port, storescu, wait_port, wait_until
 from inference.architectures import build_model
 from inference.model_card import WEIGHTS_FILE, ModelCard, sha256_of
 from inference.quality import QualityThresholds
@@ -21,13 +24,6 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
 TINY_MODEL = "tiny-test-model"
 TINY_INPUT = (64, 32)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (bind to port 0 and read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require_tool(name: str) -> str:
@@ -54,16 +50,6 @@ def npm_ci(folder: Path, timeout: float = 300) -> None:
         timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
 def make_tiny_model(
@@ -136,55 +122,10 @@ def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-class StoreSCP:
-    """dcmtk ``storescp`` on loopback, writing what it receives into a folder."""
-
-    def __init__(self, folder: Path, ae_title: str = "DEST", extra: tuple[str, ...] = ()) -> None:
-        self.folder = folder
-        self.ae_title = ae_title
-        self.port = free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                require_tool("storescp"),
-                "--aetitle",
-                ae_title,
-                "--output-directory",
-                str(folder),
-                "--accept-all",
-                *extra,
-                str(self.port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "TCP_NODELAY": "1"},
-        )
-        wait_for_port(self.port)
-
-    @property
-    def destination(self) -> str:
-        return f"{self.ae_title}@127.0.0.1:{self.port}"
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
-
-    def wait_for_files(self, n: int, timeout: float = 60.0) -> list[Path]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.files()) >= n:
-                time.sleep(0.2)
-                return self.files()
-            time.sleep(0.1)
-        raise TimeoutError(f"storescp received {len(self.files())} of {n} files")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
     """One storescp destination shared by a test module's node."""
+    require_tool("storescp")
     scp = StoreSCP(tmp_path_factory.mktemp("dest") / "received")
     yield scp
     scp.stop()
@@ -192,30 +133,10 @@ def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
+    require_tool("storescp")
     scp = StoreSCP(tmp_path / "received")
     yield scp
     scp.stop()
 
 
-def storescu(
-    port: int, *files: Path, called: str = "SPINENODE", calling: str = "STORESCU", extra: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
-    """Send files with dcmtk ``storescu``; returns the completed process (its output holds the statuses)."""
-    return subprocess.run(
-        [
-            require_tool("storescu"),
-            "-v",
-            "-aet",
-            calling,
-            "-aec",
-            called,
-            *extra,
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
+__all__ = ["StoreSCP", "free_port", "storescu", "wait_port", "wait_until"]

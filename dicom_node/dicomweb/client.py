@@ -35,7 +35,7 @@ from dicom_node.dicomweb.message import (
     parse_response,
     request_content_type,
 )
-from dicom_node.status import PROCESSING_FAILURE
+from dicom_node.dimse.status import PROCESSING_FAILURE
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dicom_node.status import PROCESSING_FAILURE
+from dicom_node.dimse.status import PROCESSING_FAILURE
 
 DICOM_MEDIA_TYPE = "application/dicom"
 RESPONSE_MEDIA_TYPE = "application/dicom+json"

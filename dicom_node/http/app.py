@@ -39,17 +39,17 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
-from dicom_node.audit import OutputKind
+from dicom_node.audit.records import OutputKind
+from dicom_node.audit.report import recent_jobs
 from dicom_node.config_web import is_loopback
 from dicom_node.http import auth
 from dicom_node.http.stow import add_stow_routes
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES, SegmentRequest, UploadError, result_path, segment_upload
 from dicom_node.http.views import Histogram, Thumbnails, job_detail, output_path, prometheus_text
-from dicom_node.report import recent_jobs
 from inference.model_card import list_cards
 
 if TYPE_CHECKING:
-    from dicom_node.node import Node
+    from dicom_node.roles.node import Node
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Who may use the HTTP server: API tokens, users with scrypt-hashed passwords, and web page logins.
 
 Credentials come from the configuration (``[[http.users]]``, ``[[http.tokens]]``; see
-``dicom_node.passwords`` to make them). When any is configured, or the server listens beyond loopback
+``dicom_node.http.passwords`` to make them). When any is configured, or the server listens beyond loopback
 (where at least one is required: the node refuses to start otherwise), every request needs one of:
 
 - ``Authorization: Bearer <token>`` - an API token (scripts, PACS, Prometheus);
@@ -35,10 +35,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from dicom_node.audit import AuditDB
+from dicom_node.audit.records import AuditDB
 from dicom_node.config import NodeConfig
 from dicom_node.config_web import HttpToken, HttpUser
-from dicom_node.passwords import DUMMY_HASH, token_sha256
+from dicom_node.http.passwords import DUMMY_HASH, token_sha256
 
 SESSION_COOKIE = "spinenode_session"
 SESSION_BYTES = 32  # 256 random bits per session id

@@ -23,7 +23,7 @@ from dicom_node.http.app import build_app
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES
 
 if TYPE_CHECKING:
-    from dicom_node.node import Node
+    from dicom_node.roles.node import Node
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ from python_multipart.multipart import MultipartParser
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from dicom_node import references
-from dicom_node.audit import AssociationRecord, utcnow
+from dicom_node.audit.records import AssociationRecord, utcnow
 from dicom_node.dicomweb.message import (
     DICOM_MEDIA_TYPE,
     MULTIPART_RELATED,
@@ -41,11 +40,12 @@ from dicom_node.dicomweb.message import (
     parse_content_type,
     response_json,
 )
-from dicom_node.scp import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES, Refusal, _is_decode_error
-from dicom_node.status import StoreStatus
+from dicom_node.dimse.scp import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES, Refusal, _is_decode_error
+from dicom_node.dimse.status import StoreStatus
+from dicom_node.reference import intake
 
 if TYPE_CHECKING:
-    from dicom_node.node import Node
+    from dicom_node.roles.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,10 @@ def add_stow_routes(app: FastAPI, node: Node, max_instance_bytes: int) -> None:
         meta = ds.file_meta
         sop_class = str(meta.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-        segmentation = sop_class in references.REFERENCE_SOP_CLASSES
+        segmentation = sop_class in intake.REFERENCE_SOP_CLASSES
         if sop_class not in ACCEPTED_SOP_CLASSES and not segmentation:
             return refuse(sop_class, sop_uid, SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} not accepted", assoc_id)
-        syntaxes = references.REFERENCE_TRANSFER_SYNTAXES if segmentation else ACCEPTED_TRANSFER_SYNTAXES
+        syntaxes = intake.REFERENCE_TRANSFER_SYNTAXES if segmentation else ACCEPTED_TRANSFER_SYNTAXES
         syntax = str(meta.get("TransferSyntaxUID", ""))
         if syntax not in syntaxes:
             detail = f"transfer syntax {syntax or '(none)'} not accepted"

@@ -1,7 +1,7 @@
 """``POST /api/segment``: one uploaded PNG, JPEG or DICOM file, segmented by the node's loaded models.
 
 The upload is kept under ``<data dir>/uploads/<id>/`` with what ``spinenode segment`` writes for it
-(``dicom_node.segment_file``: overlay PNG, mask PNG, metrics JSON and, for DICOM, SEG, SR and SC), the
+(``dicom_node.roles.segment_file``: overlay PNG, mask PNG, metrics JSON and, for DICOM, SEG, SR and SC), the
 image as displayed (``-original.png``) and a coloured mask (``-mask-colour.png``). Only the latest
 ``KEEP_UPLOADS`` results are kept. Everything here is blocking: the app runs it in a thread pool.
 
@@ -29,7 +29,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.segment_file import NotAnImageError, segment_file
+from dicom_node.roles.segment_file import NotAnImageError, segment_file
 from dicom_node.storage import write_durably
 from inference.model_card import find_card, list_cards
 from inference.preprocess import UnusableImageError, declared_size_problem

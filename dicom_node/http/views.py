@@ -14,7 +14,7 @@ import numpy as np
 from pydicom import dcmread
 from sqlalchemy import case, func, select
 
-from dicom_node.audit import (
+from dicom_node.audit.records import (
     AuditDB,
     DeliveryAttempt,
     DeliveryRecord,
@@ -27,8 +27,8 @@ from dicom_node.audit import (
     OutputKind,
     OutputRecord,
 )
-from dicom_node.report import iso, job_view, with_outputs
-from dicom_node.status import DELIVERED_STATUSES
+from dicom_node.audit.report import iso, job_view, with_outputs
+from dicom_node.dimse.status import DELIVERED_STATUSES
 
 THUMBNAIL_MAX_SIDE = 320  # pixels of the longer side of a job's overlay thumbnail
 THUMBNAIL_CACHE = 256  # thumbnails kept in memory (they never change for a given output file)

@@ -22,8 +22,8 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from dicom_node import uids
-from dicom_node.seg_compare import SegmentComparison
+from dicom_node.reference.compare import SegmentComparison
+from dicom_node.writers import uids
 from dicom_node.writers.outputs import MANUFACTURER, description, disclaimer, software_version
 from dicom_node.writers.provenance import stamp
 from dicom_node.writers.regions import segment_region

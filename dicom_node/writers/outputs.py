@@ -4,7 +4,7 @@ A prediction whose quality flag says it is not reliable (``Prediction.quality``)
 states that no reliable segmentation was obtained, and its overlay says so instead of drawing a mask.
 
 ``build_outputs`` decides what the three writers share: the manufacturer, series numbers and
-descriptions, software version, the demo disclaimer, and the UIDs (``dicom_node.uids``: the same source,
+descriptions, software version, the demo disclaimer, and the UIDs (``dicom_node.writers.uids``: the same source,
 model and weights always give the same series and instance UIDs; other weights give other UIDs), and
 the provenance IHE AIR asks for (``writers.provenance``: the model as Contributing Equipment, Content
 Date/Time when the analysis started).
@@ -21,8 +21,8 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node import uids
 from dicom_node.config import DEFAULT_CHARACTER_SET
+from dicom_node.writers import uids
 from dicom_node.writers.overlay import build_overlay
 from dicom_node.writers.provenance import stamp
 from dicom_node.writers.seg import build_segmentation

@@ -320,7 +320,7 @@ def build_overlay(
         study_date=source.get("StudyDate"),
         study_time=source.get("StudyTime"),
         referring_physician_name=source.get("ReferringPhysicianName"),
-        pixel_spacing=tuple(float(v) for v in pixel_spacing) if pixel_spacing else None,
+        pixel_spacing=(float(pixel_spacing[0]), float(pixel_spacing[1])) if pixel_spacing else None,
         patient_orientation=tuple(orientation) if has_orientation else _PLACEHOLDER_ORIENTATION,
         series_description=series_description,
         manufacturer_model_name=card.display_name or card.name,
@@ -329,7 +329,7 @@ def build_overlay(
         specific_character_set=source.get("SpecificCharacterSet"),
     )
     if not has_orientation:
-        sc.PatientOrientation = ""
+        sc.PatientOrientation = ""  # type: ignore[assignment]  # an empty type 2 value
     sc.BurnedInAnnotation = "YES"
     sc.SourceImageSequence = [_source_image_item(source)]
     sc.DerivationDescription = (

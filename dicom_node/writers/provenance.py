@@ -21,7 +21,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_node.uids import device_uid
+from dicom_node.writers.uids import device_uid
 from inference.model_card import ModelCard
 
 PURPOSE_OF_REFERENCE = codes.DCM.ProcessingEquipment  # CID 7005; see the module docstring

@@ -38,8 +38,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.valuerep import format_number_as_ds
 
-from dicom_node.uids import tracking_uid
 from dicom_node.writers.source import pixel_spacing_mm
+from dicom_node.writers.uids import tracking_uid
 from inference.classes import CLASS_COLOURS, SpineClass
 from inference.model_card import ModelCard
 
@@ -230,7 +230,7 @@ def build_segmentation(
         instance_number=INSTANCE_NUMBER,
         manufacturer=manufacturer,
         manufacturer_model_name=card.display_name or card.name,
-        software_versions=software_versions if isinstance(software_versions, str) else tuple(software_versions),
+        software_versions=software_versions if isinstance(software_versions, str) else tuple(software_versions),  # type: ignore[arg-type]  # highdicom accepts any number of versions
         device_serial_number=card.version,
         content_label=CONTENT_LABEL,
         content_description=content_description,

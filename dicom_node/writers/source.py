@@ -91,7 +91,7 @@ def usable_spacing(value: object) -> tuple[float, float] | None:
     """A spacing value as (row, column) mm when it is two positive finite numbers, else ``None``."""
     items = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
     try:
-        values = [float(v) for v in items]
+        values = [float(v) for v in items]  # type: ignore[arg-type]  # anything: what float refuses is caught
     except (TypeError, ValueError):
         return None
     if len(values) != SPACING_VALUES or not all(math.isfinite(v) and v > 0 for v in values):

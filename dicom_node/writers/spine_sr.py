@@ -26,10 +26,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicom_node.uids import tracking_uid
 from dicom_node.writers.private_codes import PRIVATE_SCHEME
 from dicom_node.writers.provenance import algorithm_id
 from dicom_node.writers.regions import PIXEL_CENTRE
+from dicom_node.writers.uids import tracking_uid
 from inference.measure import Curve, Measurements
 from inference.model_card import ModelCard
 

@@ -41,12 +41,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicom_node.uids import device_uid, tracking_uid
 from dicom_node.writers.private_codes import PRIVATE_SCHEME, PRIVATE_SCHEME_NAME, PRIVATE_SCHEME_ORGANIZATION
 from dicom_node.writers.provenance import algorithm_id
 from dicom_node.writers.regions import SegmentRegion, image_region, segment_region
 from dicom_node.writers.seg import SEGMENTS, SegmentSpec
 from dicom_node.writers.spine_sr import spine_groups
+from dicom_node.writers.uids import device_uid, tracking_uid
 from inference.model_card import ModelCard
 from inference.prediction import SPINE, ClassStats, Prediction
 
@@ -298,10 +298,11 @@ def build_measurement_report(
     is the whole image analysed and whose finding is "No reliable segmentation" (``analysed_image_group``),
     and the reasons among the report's findings.
     """
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]
     if prediction.quality.reliable:
-        groups, findings = measurement_groups(prediction, card, source)
+        planar, findings = measurement_groups(prediction, card, source)
         spine, not_measured = spine_groups(prediction.measurements, card, source)
-        groups, findings = [*groups, *spine], [*findings, *not_measured]
+        groups, findings = [*planar, *spine], [*findings, *not_measured]
     else:
         groups, findings = [analysed_image_group(card, source)], [prediction.quality.statement]
     return comprehensive_sr(

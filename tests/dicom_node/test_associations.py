@@ -11,9 +11,9 @@ from pydicom import dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 
-from dicom_node.associations import Connections, send_files
 from dicom_node.config import Destination
-from dicom_node.status import StoreStatus
+from dicom_node.delivery.associations import Connections, send_files
+from dicom_node.dimse.status import StoreStatus
 from tests.conftest import StoreSCP, free_port
 
 pytestmark = pytest.mark.slow

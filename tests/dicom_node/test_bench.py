@@ -59,7 +59,7 @@ def test_bench_quick_json_has_every_figure(models_root: Path) -> None:
 @pytest.mark.slow
 def test_models_load_and_warm_up_in_the_background(tmp_path: Path) -> None:
     from dicom_node.config import NodeConfig
-    from dicom_node.node import Node
+    from dicom_node.roles.node import Node
     from tests.conftest import free_port
 
     node = Node.compose(NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL))
@@ -79,7 +79,7 @@ def test_models_load_and_warm_up_in_the_background(tmp_path: Path) -> None:
 
 def test_stand_in_forward_reports_its_share_of_the_sgemm_rate() -> None:
     """The ResNet-50 figure's code path, on a small random-weight model and input (no timing asserted)."""
-    from dicom_node.bench import stand_in_forward
+    from bench.node_bench import stand_in_forward
 
     m = stand_in_forward("deeplabv3plus", "mobilenet_v2", (64, 32), sgemm=50.0, repeats=2)
     assert m["gflop"] > 0 and m["forward_ms_median"] > 0

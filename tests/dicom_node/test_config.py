@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,29 @@ def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("[metrics]\nalert_below = 1.5\n", "metrics settings"),
         ("[metrics]\nwindow = 5\n", "unknown [metrics] keys"),
         ('[node]\ndefault_character_set = "latin1"\n', "not a DICOM character set"),
+        ('[node]\nflip_agreement = "no"\n', "[node] flip_agreement = 'no': expected true or false, not str"),
+        ('[node]\nmax_backlog = "lots"\n', "[node] max_backlog = 'lots': expected an integer"),
+        ('[node]\nport = "11112"\n', "[node] port = '11112': expected an integer"),
+        ("[node]\nworkers = true\n", "[node] workers = True: expected an integer, not bool"),
+        ('[retry]\ninitial_s = "5"\n', "[retry] initial_s = '5': expected a number"),
+        ("[tls]\nrequire_client_cert = 1\n", "[tls] require_client_cert = 1: expected true or false"),
+        ('[node]\nallowed_calling_aes = "MODALITY"\n', "[node] allowed_calling_aes must be list"),
+        ("[[routes]]\ndestinations = []\n", "[[routes]] #1: model is required"),
+        ('[[routes]]\nmodel = "m"\nmodalty = "DX"\n', "unknown [[routes]] #1 keys: modalty"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "n.toml"
     f.write_text(text)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(f)
+
+
+def test_numbers_are_numbers_of_the_expected_kind(tmp_path: Path) -> None:
+    f = tmp_path / "n.toml"
+    f.write_text("[node]\ndecode_timeout_s = 5\n")
+    cfg = load_config(f)
+    assert cfg.decode_timeout_s == 5.0 and isinstance(cfg.decode_timeout_s, float)
 
 
 def test_routes_match_in_order_then_default(tmp_path: Path) -> None:

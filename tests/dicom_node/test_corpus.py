@@ -34,11 +34,11 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from sqlalchemy import select
 
-from dicom_node.audit import InstanceRecord, JobRecord, JobState, OutputKind
+from dicom_node.audit.records import InstanceRecord, JobRecord, JobState, OutputKind
 from dicom_node.config import NodeConfig
-from dicom_node.node import Node
-from dicom_node.scp import ACCEPTED_SOP_CLASSES
-from dicom_node.status import StoreStatus
+from dicom_node.dimse.scp import ACCEPTED_SOP_CLASSES
+from dicom_node.dimse.status import StoreStatus
+from dicom_node.roles.node import Node
 from tests.conftest import SHARED, TINY_MODEL, free_port
 from tests.dciodvfy import dciodvfy_errors
 

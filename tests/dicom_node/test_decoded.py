@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.decoded import DecodedCache
+from dicom_node.dimse.decoded import DecodedCache
 from inference.preprocess import PreparedImage
 
 

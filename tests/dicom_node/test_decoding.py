@@ -1,10 +1,14 @@
-"""Compressed pixel data is decoded in a helper process with a time limit (``dicom_node.decoding``):
+"""Compressed pixel data is decoded in a helper process with a time limit (``dicom_node.dimse.decoding``):
 decoded exactly, refused with Cannot Understand when too slow or broken, and the helper comes back after
 it was killed. One test runs a real node with dcmtk ``storescu``."""
 
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,12 +18,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import JPEGLSLossless, RLELossless
 
-from dicom_node.audit import AuditDB
+from dicom_node.audit.records import AuditDB
 from dicom_node.config import NodeConfig
-from dicom_node.decoding import DecodeError, Decoder
-from dicom_node.node import Node
-from dicom_node.scp import Receiver, Refusal
-from dicom_node.status import StoreStatus
+from dicom_node.dimse.decoding import DecodeError, Decoder, decode_reply, encode_array
+from dicom_node.dimse.scp import Receiver, Refusal
+from dicom_node.dimse.status import StoreStatus
+from dicom_node.roles.node import Node
 from dicom_node.storage import Storage
 from inference.phantom import make_phantom
 from inference.phantom_dicom import phantom_to_dataset
@@ -57,7 +61,7 @@ def test_compressed_pixels_come_back_exactly(decoder: Decoder, compressed: dict[
 def test_uncompressed_pixels_need_no_helper(decoder: Decoder, phantom_files: list[Path]) -> None:
     ds = dcmread(phantom_files[0])
     assert np.array_equal(decoder.decode(ds), ds.pixel_array)
-    assert decoder._proc is None  # nothing was started for it
+    assert decoder.helper_pids() == []  # nothing was started for it
 
 
 def test_too_slow_is_refused_and_the_helper_comes_back(decoder: Decoder, compressed: dict[str, Path]) -> None:
@@ -66,7 +70,7 @@ def test_too_slow_is_refused_and_the_helper_comes_back(decoder: Decoder, compres
     decoder.timeout_s = 0.0  # nothing decodes in no time
     with pytest.raises(DecodeError, match="longer than"):
         decoder.decode(ds)
-    assert decoder._proc is None  # killed
+    assert decoder.helper_pids() == []  # killed
     decoder.timeout_s = 30
     assert decoder.decode(ds).shape == (int(ds.Rows), int(ds.Columns))
 
@@ -74,10 +78,77 @@ def test_too_slow_is_refused_and_the_helper_comes_back(decoder: Decoder, compres
 def test_a_dead_helper_is_replaced(decoder: Decoder, compressed: dict[str, Path]) -> None:
     ds = dcmread(compressed[RLELossless.name])
     decoder.decode(ds)
-    assert decoder._proc is not None
-    decoder._proc.kill()  # as if a codec had crashed it between two images
-    decoder._proc.wait()
+    [pid] = decoder.helper_pids()
+    os.kill(pid, signal.SIGKILL)  # as if a codec had crashed it between two images
+    time.sleep(0.2)
     assert decoder.decode(ds).shape == (int(ds.Rows), int(ds.Columns))
+
+
+def test_a_stalled_helper_holds_up_only_its_own_image(compressed: dict[str, Path]) -> None:
+    """A codec stuck in one helper (here: the process stopped) costs that image its deadline; the image
+    decoded beside it goes to the other helper and comes back in time."""
+    ds = dcmread(compressed[RLELossless.name])
+    deadline_s = 5
+    decoder = Decoder(timeout_s=deadline_s, helpers=2)
+    try:
+        decoder.start()
+        stuck = decoder.helper_pids()[0]
+        os.kill(stuck, signal.SIGSTOP)
+        outcomes: list[tuple[str, float]] = []
+
+        def one() -> None:
+            started = time.monotonic()
+            try:
+                decoder.decode(ds)
+                outcomes.append(("decoded", time.monotonic() - started))
+            except DecodeError as exc:
+                outcomes.append((str(exc), time.monotonic() - started))
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert sorted(o for o, _ in outcomes) == ["decoded", f"decoding took longer than {deadline_s} s"]
+        assert all(seconds < deadline_s for o, seconds in outcomes if o == "decoded")
+        assert stuck not in decoder.helper_pids() and len(decoder.helper_pids()) == 1  # killed at its deadline
+    finally:
+        decoder.stop()
+
+
+def test_the_wait_for_a_free_helper_counts_against_the_deadline(compressed: dict[str, Path]) -> None:
+    ds = dcmread(compressed[RLELossless.name])
+    decoder = Decoder(timeout_s=30, helpers=1)
+    try:
+        decoder.decode(ds)  # warm: the helper has imported its codecs
+        decoder.timeout_s = 1
+        [pid] = decoder.helper_pids()
+        os.kill(pid, signal.SIGSTOP)
+        first = threading.Thread(target=lambda: pytest.raises(DecodeError, decoder.decode, ds))
+        first.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(DecodeError, match="longer than 1 s"):
+            decoder.decode(ds)  # waits for the only helper, and the wait is part of its second
+        assert time.monotonic() - started < 2
+        first.join(10)
+    finally:
+        decoder.stop()
+
+
+def test_a_reply_must_match_its_own_header() -> None:
+    array = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    reply = bytearray(encode_array(array))
+    back = decode_reply(reply)
+    assert np.array_equal(back, array) and back.flags.writeable
+    with pytest.raises(DecodeError, match="do not match their shape"):
+        decode_reply(reply[:-1])
+    forged = bytearray(reply)
+    forged[1:9] = b"|O".ljust(8)  # an object array would need unpickling: refused
+    with pytest.raises(DecodeError, match="unexpected array"):
+        decode_reply(forged)
+    with pytest.raises(DecodeError, match="could not"):
+        decode_reply(bytearray(b"Epixel data could not be decoded"))
 
 
 def test_broken_codestream_is_refused_with_the_reason(tmp_path: Path, compressed: dict[str, Path]) -> None:

@@ -36,10 +36,10 @@ from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 
-from dicom_node.audit import AuditDB, EventRecord, InstanceRecord
+from dicom_node.audit.records import AuditDB, EventRecord, InstanceRecord
 from dicom_node.config import NodeConfig
-from dicom_node.scp import Receiver
-from dicom_node.status import StoreStatus
+from dicom_node.dimse.scp import Receiver
+from dicom_node.dimse.status import StoreStatus
 from dicom_node.storage import Storage
 from inference.phantom import make_phantom
 from inference.phantom_dicom import phantom_to_dataset

@@ -32,14 +32,14 @@ from dicom_node.config import ConfigError, Destination, NodeConfig, load_config
 from dicom_node.http import uploads
 from dicom_node.http.server import HttpServer
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES, UPLOADS_DIR
-from dicom_node.node import Node
+from dicom_node.roles.node import Node
 from dicom_node.writers.overlay import COLOUR_LUT
 from inference.classes import SpineClass
 from inference.metrics import overlap
 from inference.model_card import find_card
 from inference.phantom_dicom import write_phantoms
 from inference.registry import ModelRegistry
-from tests.conftest import PROJECT, TINY_MODEL, StoreSCP, free_port, make_tiny_model, storescu, wait_for_port
+from tests.conftest import PROJECT, TINY_MODEL, StoreSCP, free_port, make_tiny_model, storescu, wait_port
 
 SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 DEMO_MODEL = "demo-unetplusplus"
@@ -504,7 +504,7 @@ def test_serve_cli_with_http_port(tmp_path: Path, models_root: Path) -> None:
     url = f"http://127.0.0.1:{http_port}/"
     try:
         try:
-            wait_for_port(http_port, timeout=60)
+            wait_port(http_port, timeout=60)
         except TimeoutError:
             proc.kill()
             pytest.fail(f"spinenode serve did not listen for HTTP: {proc.communicate(timeout=60)}")

@@ -16,9 +16,9 @@ import pytest
 from dicom_node.config import ConfigError, NodeConfig, load_config
 from dicom_node.config_web import HttpToken, HttpUser
 from dicom_node.http.auth import SESSION_COOKIE
+from dicom_node.http.passwords import ScryptHash, hash_password, new_token, token_sha256
 from dicom_node.http.server import HttpServer, InsecureServer
-from dicom_node.node import Node
-from dicom_node.passwords import ScryptHash, hash_password, new_token, token_sha256
+from dicom_node.roles.node import Node
 from tests.conftest import PROJECT, free_port
 
 USER, PASSWORD = "reader", "correct horse battery staple"
@@ -190,7 +190,7 @@ def test_password_and_token_helpers() -> None:
     hashed = ScryptHash.parse(hash_password(PASSWORD))
     assert hashed.matches(PASSWORD) and not hashed.matches(PASSWORD.upper())
     assert hash_password(PASSWORD) != hash_password(PASSWORD)  # salted
-    run = [sys.executable, "-m", "dicom_node.passwords"]
+    run = [sys.executable, "-m", "dicom_node.http.passwords"]
     made = subprocess.run([*run, "hash-password"], input="s3cret\n", capture_output=True, text=True, cwd=PROJECT)
     assert made.returncode == 0 and ScryptHash.parse(made.stdout.strip()).matches("s3cret")
     token = subprocess.run([*run, "new-token"], capture_output=True, text=True, cwd=PROJECT)

@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from dicom_node.audit.report import audit_report
 from dicom_node.config import DEFAULT_MODEL, NodeConfig
 from dicom_node.http.server import HttpServer
-from dicom_node.node import Node
-from dicom_node.report import audit_report
+from dicom_node.roles.node import Node
 from inference.model_card import find_card
 from inference.preprocess import from_dataset
 from inference.registry import ModelRegistry

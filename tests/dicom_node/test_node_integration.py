@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,12 +20,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from dicom_node.audit import AssociationRecord, DeliveryState, JobRecord, JobState
+from dicom_node.audit.records import AssociationRecord, DeliveryState, JobRecord, JobState
+from dicom_node.audit.report import audit_report
 from dicom_node.config import DEFAULT_MODEL, Destination, NodeConfig
-from dicom_node.node import Node
-from dicom_node.report import audit_report
+from dicom_node.roles.node import Node
 from inference.metrics import overlap
-from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu, wait_for_port
+from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu, wait_port, wait_until
 from tests.dciodvfy import dciodvfy_errors
 from tests.radiographs import SHARED_DATA, validation_radiographs
 
@@ -53,15 +52,6 @@ def node(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: 
     n.start()
     yield n
     n.stop()
-
-
-def wait_until(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError("condition not met in time")
 
 
 def delivered_count(node: Node) -> int:
@@ -228,7 +218,7 @@ def _storescp_on(folder: Path, ae: str, port: int) -> StoreSCP:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for_port(port)
+    wait_port(port)
     return scp
 
 
@@ -307,7 +297,7 @@ def test_serve_cli_on_shipped_default_model(tmp_path: Path, storescp: StoreSCP) 
         cwd=PROJECT,
     )
     try:
-        wait_for_port(port, timeout=60)
+        wait_port(port, timeout=60)
         assert storescu(port, sources["good"], sources["poor"]).returncode == 0
         files = storescp.wait_for_files(5, timeout=240)  # SEG, SR, SC of the first; SR and SC of the second
         for f in files:

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from dicom_node.audit import DeliveryState, InstanceRecord, JobRecord, JobState
+from dicom_node.audit.records import DeliveryState, InstanceRecord, JobRecord, JobState
 from dicom_node.config import Destination, NodeConfig
-from dicom_node.node import Node
-from tests.conftest import PROJECT, TINY_MODEL, free_port, require_tool, storescu
+from dicom_node.roles.node import Node
+from tests.conftest import PROJECT, TINY_MODEL, free_port, require_tool, storescu, wait_until
 from tests.orthanc import DICOMWEB_ROOT, ORTHANC_AE, Modality, OrthancServer
 
 pytestmark = pytest.mark.slow  # a real Orthanc
@@ -88,15 +87,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, node: Node, orthanc_dicom_
     server.start()
     yield server
     assert server.stop() == 0, server.log_tail()  # a clean shutdown
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = RESULT_TIMEOUT_S, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not met after {timeout} s")
 
 
 def series_by_modality(orthanc: OrthancServer, study_uid: str) -> dict[str, list[dict[str, object]]]:

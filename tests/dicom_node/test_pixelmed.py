@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.seg_compare import compare
+from dicom_node.reference.compare import compare
 from dicom_node.writers import build_outputs
 from dicom_node.writers.evaluation_sr import build_evaluation_report
 from inference.phantom import make_phantom

@@ -35,8 +35,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, select, text, update
 
 from bench import reliability
-from dicom_node import migrations
-from dicom_node.audit import (
+from dicom_node.audit import migrations
+from dicom_node.audit.records import (
     AuditDB,
     Base,
     DeliveryAttempt,
@@ -51,9 +51,9 @@ from dicom_node.audit import (
     utcnow,
 )
 from dicom_node.config import NodeConfig, load_config
-from dicom_node.jobs import JobQueue
-from dicom_node.leases import WorkerIdentity, reclaim_at_start, reclaim_expired, renew
-from dicom_node.sender import Sender
+from dicom_node.delivery.sender import Sender
+from dicom_node.queue.jobs import JobQueue
+from dicom_node.queue.leases import WorkerIdentity, reclaim_at_start, reclaim_expired, renew
 from tests.conftest import PROJECT, TINY_MODEL, require_tool
 from tests.pg import PgCluster, pg_cluster  # noqa: F401 - the fixture
 

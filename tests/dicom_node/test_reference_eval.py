@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_node import cli
-from dicom_node.audit import (
+from dicom_node.audit.records import (
     ComparisonRecord,
     DeliveryState,
     JobRecord,
@@ -35,17 +35,17 @@ from dicom_node.audit import (
     ReceivedSegRecord,
     ReferenceState,
 )
-from dicom_node.comparisons import aggregate, format_metrics
 from dicom_node.config import Destination, NodeConfig
-from dicom_node.node import Node
-from dicom_node.scp import Refusal
-from dicom_node.seg_compare import matching_segments, read_segmentation
-from dicom_node.status import StoreStatus
+from dicom_node.dimse.scp import Refusal
+from dicom_node.dimse.status import StoreStatus
+from dicom_node.reference.compare import matching_segments, read_segmentation
+from dicom_node.reference.metrics import aggregate, format_metrics
+from dicom_node.roles.node import Node
 from dicom_node.storage import dataset_bytes
 from dicom_node.writers.evaluation_sr import DICE, INTERSECTION_PIXELS, JACCARD, PREDICTED_PIXELS, REFERENCE_PIXELS
 from dicom_node.writers.seg import SPINE_SEGMENT, T1_SEGMENT
 from inference.phantom import make_phantom
-from tests.conftest import StoreSCP, free_port, make_tiny_model, storescu
+from tests.conftest import StoreSCP, free_port, make_tiny_model, storescu, wait_until
 from tests.dciodvfy import dciodvfy_errors
 
 pytestmark = pytest.mark.slow  # a node with dcmtk peers
@@ -64,15 +64,6 @@ REQUIRED_CONTEXTS = ("-R",)  # storescu: propose the SOP class of the files (dcm
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-def wait_until(predicate: Callable[[], object], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError("condition not met in time")
-
-
 def truth(seed: int) -> dict[str, np.ndarray]:
     """The phantom's true masks of our two segments, by property type code."""
     mask = make_phantom(seed, height=PHANTOM_HEIGHT).mask
@@ -196,7 +187,7 @@ def sent_ok(proc: object) -> bool:
 def test_comparison_reads_our_seg_for_every_source_kind(tmp_path: Path, spacing: str | None) -> None:
     """Our SEG read back with highdicom and compared with a reader's, for a DX with Imager Pixel Spacing, with
     Pixel Spacing, and with no spacing at all; the evaluation SR is valid for each."""
-    from dicom_node.seg_compare import compare
+    from dicom_node.reference.compare import compare
     from dicom_node.writers import build_outputs
     from dicom_node.writers.evaluation_sr import build_evaluation_report
     from inference.phantom_dicom import phantom_to_dataset
@@ -393,8 +384,8 @@ def test_reference_without_our_segment_types_is_unusable(
     [row] = reference_rows(node, ds.SOPInstanceUID)
     assert "no reference segment of a type we predict" in (row.detail or "")
     # visible where an administrator looks: spinenode metrics and spinenode audit
-    from dicom_node.comparisons import metrics_report
-    from dicom_node.report import audit_report, format_audit
+    from dicom_node.audit.report import audit_report, format_audit
+    from dicom_node.reference.metrics import metrics_report
 
     listed = {r["reference_sop_uid"]: r for r in metrics_report(node.db, 10, 0.5)["not_compared"]}
     assert listed[ds.SOPInstanceUID]["state"] == "unusable"

@@ -12,7 +12,7 @@ from pydicom import dcmread
 
 from bench import reliability
 from dicom_node.config import Destination, NodeConfig
-from dicom_node.node import Node
+from dicom_node.roles.node import Node
 from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu
 
 pytestmark = pytest.mark.slow

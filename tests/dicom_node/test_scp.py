@@ -18,10 +18,10 @@ from pynetdicom.status import (
 )
 from sqlalchemy import select
 
-from dicom_node.audit import AuditDB, InstanceRecord, JobRecord, JobState
+from dicom_node.audit.records import AuditDB, InstanceRecord, JobRecord, JobState
 from dicom_node.config import DEFAULT_MODEL, NodeConfig
-from dicom_node.scp import Receiver, Refusal
-from dicom_node.status import PROCESSING_FAILURE, WARNING_STATUSES, StoreStatus, is_delivered
+from dicom_node.dimse.scp import Receiver, Refusal
+from dicom_node.dimse.status import PROCESSING_FAILURE, WARNING_STATUSES, StoreStatus, is_delivered
 from dicom_node.storage import Storage
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"

@@ -13,10 +13,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicom_node.audit import AuditDB
+from dicom_node.audit.records import AuditDB
 from dicom_node.config import NodeConfig
-from dicom_node.scp import SECONDARY_CAPTURE_PREFIX, Receiver, Refusal
-from dicom_node.status import StoreStatus
+from dicom_node.dimse.scp import SECONDARY_CAPTURE_PREFIX, Receiver, Refusal
+from dicom_node.dimse.status import StoreStatus
 from dicom_node.storage import Storage
 from dicom_node.writers.outputs import MANUFACTURER
 

@@ -1,4 +1,4 @@
-from dicom_node.sender import backoff_s
+from dicom_node.delivery.sender import backoff_s
 
 
 def test_backoff_doubles_from_initial_up_to_cap() -> None:

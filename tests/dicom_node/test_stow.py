@@ -18,7 +18,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from dicom_node.audit import AssociationRecord, InstanceRecord, JobRecord, JobState
+from dicom_node.audit.records import AssociationRecord, InstanceRecord, JobRecord, JobState
 from dicom_node.config import NodeConfig
 from dicom_node.config_web import HttpToken, StowDestination, StowSettings
 from dicom_node.dicomweb.client import Outcome, StowClient
@@ -32,9 +32,9 @@ from dicom_node.dicomweb.message import (
     new_boundary,
     request_content_type,
 )
+from dicom_node.http.passwords import new_token, token_sha256
 from dicom_node.http.server import HttpServer
-from dicom_node.node import Node
-from dicom_node.passwords import new_token, token_sha256
+from dicom_node.roles.node import Node
 from dicom_node.storage import dataset_bytes
 from tests.conftest import free_port, require_tool
 

@@ -22,7 +22,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from dicom_node.audit import (
+from dicom_node.audit.records import (
     AssociationRecord,
     DeliveryRecord,
     DeliveryState,
@@ -33,13 +33,12 @@ from dicom_node.audit import (
 from dicom_node.config import NodeConfig, StowDestination
 from dicom_node.config_web import HttpToken, StowSettings
 from dicom_node.dicomweb.message import multipart_body, new_boundary, request_content_type
+from dicom_node.http.passwords import new_token, token_sha256
 from dicom_node.http.server import HttpServer
-from dicom_node.node import Node
-from dicom_node.passwords import new_token, token_sha256
+from dicom_node.roles.node import Node
 from dicom_node.storage import dataset_bytes
 from inference.registry import ModelRegistry
-from tests.conftest import TINY_MODEL, free_port
-from tests.dicom_node.test_orthanc import wait_until
+from tests.conftest import TINY_MODEL, free_port, wait_until
 from tests.orthanc import DICOMWEB_ROOT, OrthancServer
 
 pytestmark = pytest.mark.slow

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.associations import send_files
-from dicom_node.audit import AuditDB, InstanceRecord
+from dicom_node.audit.records import AuditDB, InstanceRecord
 from dicom_node.config import ConfigError, Destination, NodeConfig, load_config
-from dicom_node.scp import Receiver
+from dicom_node.delivery.associations import send_files
+from dicom_node.dimse.scp import Receiver
+from dicom_node.dimse.tls import client_args
 from dicom_node.storage import Storage
-from dicom_node.tls import client_args
-from tests.conftest import free_port, require_tool, wait_for_port
+from tests.conftest import free_port, require_tool, wait_port
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +161,7 @@ def test_sender_delivers_over_mutual_tls_to_storescp(tmp_path: Path, pki: PKI, p
         env={**os.environ, "TCP_NODELAY": "1"},
     )
     try:
-        wait_for_port(port)
+        wait_port(port)
         target = Destination("TLSDEST", "127.0.0.1", port)
         cfg = NodeConfig(tls_cert=pki.node_cert, tls_key=pki.node_key, tls_ca=pki.ca, tls_destinations=(str(target),))
         args = client_args(cfg, target)

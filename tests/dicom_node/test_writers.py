@@ -19,11 +19,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from dicom_node.seg_compare import read_segmentation
-from dicom_node.uids import output_uid
+from dicom_node.reference.compare import read_segmentation
 from dicom_node.writers import Outputs, build_outputs
 from dicom_node.writers.overlay import NOT_FOR_DIAGNOSIS
 from dicom_node.writers.sr import FLIP_DICE, FLIP_JACCARD, PRIVATE_SCHEME
+from dicom_node.writers.uids import output_uid
 from inference.classes import SpineClass
 from inference.model_card import DEMO_DISCLAIMER, ModelCard
 from inference.phantom import Phantom, make_phantom

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.seg_compare import compare
+from dicom_node.reference.compare import compare
 from dicom_node.writers import build_outputs
 from dicom_node.writers.anatomy import UNPAIRED_BODY_PARTS
 from dicom_node.writers.evaluation_sr import build_evaluation_report

@@ -1,0 +1,539 @@
+"""``spinenode bench``: one run that measures where the time goes, on this machine, after warm-up.
+
+Figures (medians unless named otherwise; the JSON holds every one, ``--json``):
+
+- ``sgemm_gflops``: a 2-thread float32 matrix product (torch), the machine's baseline;
+- ``forward_ms_median``: one image (batch 1) at the model's input size on the production runtime,
+  ``forward_flip_batch_ms_median`` the batch of 2 the node runs (image and mirror image),
+  ``torch_forward_ms_median`` batch 1 on torch eager; the model's GFLOP (torch's FLOP counter) and the
+  achieved fraction of the SGEMM rate;
+- ``decode_preprocess_ms``: read the Part 10 file, decode and window it (a ``--height`` rows 16-bit DX);
+- ``postprocess_ms``: probabilities back to native size, argmax, per-class figures and flip agreement;
+- ``build_seg_ms``, ``build_sr_ms``, ``build_sc_ms``: each writer; ``encode_ms``: the three as Part 10 (the
+  writers are timed on the prediction as if its quality flag held it reliable, so that the SEG and the
+  measurement groups are built whatever the benchmark image gives: a cost, never an output);
+- ``send_ms``: C-STORE of the three outputs in one association to dcmtk ``storescp``;
+- ``end_to_end_ms``: start of the C-STORE (an SCU process holding its association open) to the last output
+  accepted by ``storescp``, on an in-process node, with its parts (``bench/latency.py`` prints the same);
+- ``throughput_images_per_min``: 4 concurrent ``storescu`` senders to the node, until every output is
+  delivered;
+- ``receive_ratio_vs_storescp``: the same files stored by the node (no workers) versus by ``storescp``,
+  time ratio (1.0: as fast as dcmtk); dcmtk tools run with ``TCP_NODELAY=1``;
+- ``peak_rss_mb``: a fresh process with the models loaded (every model in the models directory; with
+  ``--quick``, the benchmarked one) after one prediction each;
+- ``cold_start_s``: ``spinenode serve`` process start to the first association accepted (C-ECHO).
+
+``--quick`` shrinks every sample (small image, few repeats) for a CI smoke test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicom_node.testing.peers import TOOL_ENV, StoreSCP, find_tool, free_port, storescu
+
+SENDERS = 4
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def sgemm_gflops(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
+    """Float32 matrix product rate with ``threads`` torch threads (GFLOP/s, best of ``repeats``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.rand(n, n), torch.rand(n, n)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(before)
+    return round(2 * n**3 / best / 1e9, 1)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def model_gflop(module: Any, input_size: tuple[int, int]) -> float:
+    """Forward FLOPs of one image (torch's FLOP counter: 2 per multiply-add of convolutions and matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        module(torch.rand(1, 3, *input_size))
+    return round(counter.get_total_flops() / 1e9, 2)
+
+
+# the issue's ResNet-50 models, measured as random-weight stand-ins (no shipped weights) at its input size
+STAND_INS = (("deeplabv3plus", "resnet50"), ("deeplabv3plus_dense", "resnet50"))
+STAND_IN_INPUT = (512, 256)
+
+
+def stand_in_forward(
+    architecture: str, encoder: str, input_size: tuple[int, int], sgemm: float, repeats: int
+) -> dict[str, Any]:
+    """Batch-1 forward of a random-weight ``architecture``/``encoder`` on ONNX Runtime (the production
+    session settings): ms, GFLOP and the fraction of the SGEMM rate ``sgemm`` it achieves."""
+    from inference.architectures import build_model
+    from inference.onnx_runtime import export_onnx, ort_session
+
+    module = build_model(architecture, encoder).eval()
+    gflop = model_gflop(module, input_size)
+    session = ort_session(export_onnx(module, input_size))
+    x = np.random.default_rng(0).random((1, 3, *input_size), dtype=np.float32)
+    name = session.get_inputs()[0].name
+    ms = _median_ms(lambda: session.run(None, {name: x}), repeats, warmup=2)
+    achieved = gflop / (ms / 1000)
+    return {
+        "architecture": architecture,
+        "encoder": encoder,
+        "input_size": list(input_size),
+        "gflop": gflop,
+        "forward_ms_median": ms,
+        "achieved_gflops": round(achieved, 1),
+        "fraction_of_sgemm": round(achieved / sgemm, 3),
+    }
+
+
+def phantom_files(folder: Path, n: int, height: int, seed: int = 700000, width: int | None = None) -> list[Path]:
+    """``n`` phantom DX files (16-bit, ``height`` rows) with distinct UIDs; the pixels are drawn once.
+
+    With ``width``, the phantom (at most ~height/2 wide) is padded on both sides with its own edge
+    columns to that many columns: the issue's 2500x1300 detector image."""
+    from dataclasses import replace
+
+    from pydicom.uid import generate_uid
+
+    from inference.phantom import make_phantom
+    from inference.phantom_dicom import phantom_to_dataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    phantom = make_phantom(seed, height=height)
+    extra = max((width or 0) - phantom.pixels.shape[1], 0)
+    if extra:
+        pad = ((0, 0), (extra // 2, extra - extra // 2))
+        phantom = replace(phantom, pixels=np.pad(phantom.pixels, pad, mode="edge"), mask=np.pad(phantom.mask, pad))
+    ds = phantom_to_dataset(phantom)
+    paths = []
+    for i in range(n):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if i:
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        path = folder / f"dx-{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _outstanding(node: Any) -> tuple[int, int]:
+    """(jobs done or failed, deliveries not yet delivered)."""
+    from sqlalchemy import func, select
+
+    from dicom_node.audit.records import DeliveryRecord, DeliveryState, JobRecord, JobState
+
+    with node.db.session() as s:
+        finished = s.scalar(
+            select(func.count()).select_from(JobRecord).where(JobRecord.state.in_((JobState.DONE, JobState.FAILED)))
+        )
+        waiting = s.scalar(
+            select(func.count()).select_from(DeliveryRecord).where(DeliveryRecord.state != DeliveryState.DELIVERED)
+        )
+    return int(finished or 0), int(waiting or 0)
+
+
+def wait_delivered(node: Any, jobs: int, timeout: float = 600.0) -> None:
+    """Until ``jobs`` jobs are finished and every delivery is delivered."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        finished, waiting = _outstanding(node)
+        if finished >= jobs and waiting == 0:
+            return
+        time.sleep(0.02)  # the figures come from the audit's times, not from this poll
+    raise TimeoutError(f"{jobs} jobs not delivered within {timeout} s")
+
+
+_SCU = """
+import sys, time
+from pathlib import Path
+from pynetdicom import AE, _config
+_config.STORE_SEND_CHUNKED_DATASET = True  # the file's bytes as they are, like storescu
+port, called, sop_class, transfer = sys.argv[1:5]
+ae = AE(ae_title="BENCHSCU")
+ae.add_requested_context(sop_class, [transfer])
+assoc = ae.associate("127.0.0.1", int(port), ae_title=called)
+assert assoc.is_established, "the node refused the benchmark's association"
+print("ready", flush=True)
+for line in sys.stdin:
+    t0 = time.time()
+    rsp = assoc.send_c_store(Path(line.strip()))
+    print(t0, time.time(), int(rsp.Status) if rsp is not None and "Status" in rsp else -1, flush=True)
+assoc.release()
+"""
+
+
+def end_to_end(node: Any, files: list[Path], jobs_before: int = 0) -> list[dict[str, Any]]:
+    """Send ``files`` one at a time on one association held open by a separate process (pynetdicom SCU,
+    ``TCP_NODELAY``): per file, from the start of its C-STORE (wall clock in the sending process) to the
+    last output accepted by the destination (the audit's delivery time), and the job's parts (ms)."""
+    from datetime import UTC
+
+    from pydicom.filereader import read_file_meta_info
+
+    from dicom_node.audit.records import JobRecord
+
+    meta = read_file_meta_info(files[0])
+    scu = subprocess.Popen(
+        [sys.executable, "-c", _SCU, str(node.port), node.config.ae_title]
+        + [str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=TOOL_ENV,
+    )
+    assert scu.stdin is not None and scu.stdout is not None
+    rows = []
+    try:
+        if scu.stdout.readline().strip() != "ready":
+            raise RuntimeError("the benchmark's SCU could not associate with the node")
+        for i, path in enumerate(files):
+            scu.stdin.write(f"{path}\n")
+            scu.stdin.flush()
+            t0, t_ack, status = scu.stdout.readline().split()
+            if int(status) != 0:
+                raise RuntimeError(f"the node answered C-STORE with status {status}")
+            wait_delivered(node, jobs_before + i + 1)
+            with node.db.session() as s:
+                job = s.get(JobRecord, jobs_before + i + 1)
+                assert job is not None and job.state.value == "done", job and job.error
+                wait_ms = (job.started_at - job.created_at).total_seconds() * 1000
+                last = max(d.delivered_at for o in job.outputs for d in o.deliveries)
+                last_wall = last.replace(tzinfo=UTC).timestamp()
+                rows.append(
+                    {
+                        "end_to_end_ms": (last_wall - float(t0)) * 1000,
+                        "cstore_ack_ms": (float(t_ack) - float(t0)) * 1000,
+                        "queue_wait_ms": wait_ms,
+                        **job.metrics["timings_ms"],
+                        "job_total_ms": job.total_ms,
+                        "deliver_ms": (last - job.finished_at).total_seconds() * 1000,
+                        "image_size": list(job.metrics["image_size"]),
+                    }
+                )
+    finally:
+        scu.stdin.close()
+        scu.wait(30)
+    return rows
+
+
+def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, v in rows[0].items() if isinstance(v, int | float)]
+    return {k: round(statistics.median(r[k] for r in rows), 1) for k in keys}
+
+
+def start_node(work: Path, model: str, dest: StoreSCP | None, workers: int = 1) -> Any:
+    from dicom_node.config import Destination, NodeConfig
+    from dicom_node.roles.node import Node
+
+    cfg = NodeConfig(
+        data_dir=work,
+        port=free_port(),
+        bind="127.0.0.1",
+        model=model,
+        workers=workers,
+        destinations=(Destination(dest.ae_title, "127.0.0.1", dest.port),) if dest else (),
+    )
+    node = Node.compose(cfg)
+    node.start()
+    return node
+
+
+def peak_rss_mb(models: list[str]) -> float:
+    """Peak RSS (MB) of a fresh process that loads ``models`` and runs one prediction on each.
+
+    Read from ``VmHWM`` (this process's own high-water mark): ``ru_maxrss`` of a child started by a large
+    process (this benchmark, with torch and a node loaded) keeps the parent's size from before ``exec``."""
+    code = (
+        "import resource, sys, numpy as np\n"
+        "from inference.registry import ModelRegistry\n"
+        "from inference.preprocess import PreparedImage\n"
+        "r = ModelRegistry()\n"
+        "for name in sys.argv[1:]:\n"
+        "    r.get(name).predict(PreparedImage(np.random.rand(2500, 1300).astype(np.float32)))\n"
+        "try:\n"
+        "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+        "except OSError:\n"
+        "    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(hwm)\n"
+    )
+    project = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code, *models], capture_output=True, text=True, check=True, cwd=project, timeout=900
+    )
+    return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
+
+
+def cold_start_s(model: str, work: Path) -> float:
+    """``spinenode serve`` process start to the first accepted association (a C-ECHO), in seconds."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "dicom_node.cli", "serve", "--port", str(port), "--bind", "127.0.0.1"]
+    cmd += ["--data-dir", str(work), "--model", model]
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    project = Path(__file__).resolve().parent.parent
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < 300:
+            if proc.poll() is not None:
+                raise RuntimeError(f"spinenode serve exited with {proc.returncode}")
+            with socket.socket() as s:
+                listening = s.connect_ex(("127.0.0.1", port)) == 0
+            if listening:
+                assoc = ae.associate("127.0.0.1", port, ae_title="SPINENODE")
+                if assoc.is_established:
+                    elapsed = time.perf_counter() - t0
+                    assoc.release()
+                    return round(elapsed, 2)
+            time.sleep(0.02)
+        raise TimeoutError("no association within 300 s")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_bench(model: str, quick: bool = False, height: int | None = None, width: int | None = None) -> dict[str, Any]:
+    import torch
+    from pydicom import dcmread
+
+    from dicom_node.delivery.associations import send_files
+    from dicom_node.storage import dataset_bytes
+    from dicom_node.writers.outputs import build_outputs
+    from dicom_node.writers.source import pixel_spacing_mm
+    from inference.engine import Engine, class_stats, labels_at_native
+    from inference.model_card import find_card, list_cards
+    from inference.prediction import Quality
+    from inference.preprocess import from_dataset, to_model_input
+
+    repeats = 3 if quick else 10
+    height = height or (512 if quick else 2500)
+    width = width or (256 if quick else 1300)
+    result: dict[str, Any] = {
+        "model": model,
+        "quick": quick,
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+    }
+    result["sgemm_gflops"] = sgemm_gflops(n=512 if quick else 2048, repeats=3 if quick else 5)
+
+    card = find_card(model)
+    engine = Engine(card)
+    result["runtime"] = engine.runtime
+    result["runtime_info"] = engine.runtime_info
+    result["input_size"] = list(card.input_size)
+    gflop = model_gflop(engine.module, card.input_size)
+    result["model_gflop"] = gflop
+
+    work = Path(tempfile.mkdtemp(prefix="spinenode-bench-"))
+    scp: StoreSCP | None = None
+    node: Any = None
+    try:
+        n_seq = 1 + (1 if quick else 6)  # the first image warms the node up and is not counted
+        files = phantom_files(work / "in", n_seq + SENDERS * (1 if quick else 3), height, width=width)
+        ds = dcmread(files[0])
+        prepared = from_dataset(ds)
+        x = to_model_input(prepared.image, card.input_size)
+        one = np.ascontiguousarray(x[None])
+        two = np.ascontiguousarray(np.stack([x, x[:, :, ::-1]]))
+        result["forward_ms_median"] = _median_ms(lambda: engine.logits(one), repeats, warmup=2)
+        result["forward_flip_batch_ms_median"] = _median_ms(lambda: engine.logits(two), repeats, warmup=1)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            result["torch_forward_ms_median"] = _median_ms(lambda: engine.logits(one, "torch"), repeats, warmup=2)
+        finally:
+            torch.set_num_threads(threads)
+        result["achieved_gflops"] = round(gflop / (result["forward_ms_median"] / 1000), 1)
+        result["fraction_of_sgemm"] = round(result["achieved_gflops"] / result["sgemm_gflops"], 3)
+        if not quick:
+            result["resnet50_stand_ins"] = [
+                stand_in_forward(arch, enc, STAND_IN_INPUT, result["sgemm_gflops"], repeats) for arch, enc in STAND_INS
+            ]
+
+        result["image_size"] = list(prepared.shape)
+        result["decode_preprocess_ms"] = _median_ms(lambda: from_dataset(dcmread(files[0])), repeats)
+        probs = engine.probabilities(two)
+        rows, cols = prepared.shape
+        spacing = pixel_spacing_mm(ds)
+
+        def postprocess() -> None:
+            labels, conf = labels_at_native(probs[0], (rows, cols))
+            flipped = labels_at_native(probs[1][:, :, ::-1], (rows, cols))[0]
+            class_stats(labels, conf, spacing, flipped)
+
+        result["postprocess_ms"] = _median_ms(postprocess, repeats)
+        # timed as reliable, so that every writer runs (see the module docstring)
+        prediction = dataclasses.replace(engine.predict(prepared, spacing), quality=Quality(True))
+        built = [build_outputs(ds, prediction, card, display_image=prepared.image) for _ in range(repeats + 1)][1:]
+        for key in ("build_seg", "build_sr", "build_sc"):
+            result[f"{key}_ms"] = round(statistics.median(b.timings_ms[key] for b in built), 2)
+        outputs = built[-1].datasets()
+        result["encode_ms"] = _median_ms(lambda: [dataset_bytes(o) for o in outputs], repeats)
+        out_paths = []
+        for i, o in enumerate(outputs):
+            out_paths.append(work / f"out-{i}.dcm")
+            out_paths[-1].write_bytes(dataset_bytes(o))
+
+        scp = StoreSCP(work / "dest")
+        from dicom_node.config import Destination
+
+        dest = Destination(scp.ae_title, "127.0.0.1", scp.port)
+        result["send_ms"] = _median_ms(lambda: send_files("BENCH", dest, [str(p) for p in out_paths]), repeats)
+
+        # the node: one image sequentially (the first warms up), then 4 concurrent senders
+        node = start_node(work / "node", model, scp)
+        e2e = end_to_end(node, files[:n_seq])[1:]
+        result["end_to_end"] = medians(e2e)
+        result["end_to_end_ms"] = result["end_to_end"]["end_to_end_ms"]
+        parallel = files[n_seq:]
+        groups = [parallel[i::SENDERS] for i in range(SENDERS)]
+        t0 = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [find_tool("storescu"), "-aec", "SPINENODE", "127.0.0.1", str(node.port), *map(str, g)],
+                env=TOOL_ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for g in groups
+        ]
+        for p in procs:
+            p.wait(600)
+        wait_delivered(node, n_seq + len(parallel))
+        elapsed = time.perf_counter() - t0
+        result["throughput_images_per_min"] = round(len(parallel) * 60 / elapsed, 1)
+        node.stop()
+        node = None
+
+        # receiving only: the node with no workers versus storescp, the same files in one association
+        recv_files = files[: 2 if quick else 10]
+        node = start_node(work / "recv", model, None, workers=0)
+        size_mb = sum(p.stat().st_size for p in recv_files) / 1e6
+        tries = 1 if quick else 3
+        t_node = min(_timed(lambda: storescu(node.port, *recv_files, check=True)) for _ in range(tries))
+        t_dcmtk = min(
+            _timed(lambda: storescu(scp.port, *recv_files, called=scp.ae_title, check=True)) for _ in range(tries)
+        )
+        result["receive_mb_per_s"] = round(size_mb / t_node, 1)
+        result["storescp_mb_per_s"] = round(size_mb / t_dcmtk, 1)
+        result["receive_ratio_vs_storescp"] = round(t_dcmtk / t_node, 3)
+        node.stop()
+        node = None
+
+        rss_models = [model] if quick else [c.name for c in list_cards()]
+        result["peak_rss_models"] = rss_models
+        result["peak_rss_mb"] = peak_rss_mb(rss_models)
+        result["cold_start_s"] = cold_start_s(model, work / "cold")
+    finally:
+        if node is not None:
+            node.stop()
+        if scp is not None:
+            scp.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["targets"] = targets(result)
+    return result
+
+
+def targets(r: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, computed from the figures (informative: nothing here fails a run)."""
+    fwd = r["forward_ms_median"]
+    return {
+        "end_to_end_ms_limit": round(1.15 * fwd + 250, 1),
+        "end_to_end_met": r["end_to_end_ms"] <= 1.15 * fwd + 250,
+        "throughput_limit": round(0.9 * 60000 / fwd, 1),
+        "throughput_met": r["throughput_images_per_min"] >= 0.9 * 60000 / fwd,
+        "receive_ratio_met": r["receive_ratio_vs_storescp"] >= 0.5,
+        **(
+            {"resnet50_fraction_met": all(m["fraction_of_sgemm"] >= 0.7 for m in r["resnet50_stand_ins"])}
+            if r.get("resnet50_stand_ins")
+            else {}
+        ),
+        "peak_rss_met": r["peak_rss_mb"] <= 1500,
+        "cold_start_met": r["cold_start_s"] <= 5.0,
+    }
+
+
+ROWS = [
+    ("sgemm_gflops", "2-thread SGEMM", "GFLOP/s"),
+    ("model_gflop", "model forward", "GFLOP"),
+    ("forward_ms_median", "forward, production runtime (batch 1)", "ms"),
+    ("forward_flip_batch_ms_median", "forward, image + mirror (batch 2)", "ms"),
+    ("torch_forward_ms_median", "forward, torch eager (batch 1)", "ms"),
+    ("fraction_of_sgemm", "forward rate / SGEMM rate", ""),
+    ("decode_preprocess_ms", "decode + preprocess", "ms"),
+    ("postprocess_ms", "postprocess (resize, argmax, figures)", "ms"),
+    ("build_seg_ms", "SEG writer", "ms"),
+    ("build_sr_ms", "SR writer", "ms"),
+    ("build_sc_ms", "SC writer", "ms"),
+    ("encode_ms", "encode SEG + SR + SC", "ms"),
+    ("send_ms", "send SEG + SR + SC (one association)", "ms"),
+    ("end_to_end_ms", "C-STORE -> last output accepted", "ms"),
+    ("throughput_images_per_min", f"throughput, {SENDERS} senders", "images/min"),
+    ("receive_ratio_vs_storescp", "receive speed / storescp", ""),
+    ("peak_rss_mb", "peak RSS, models loaded", "MB"),
+    ("cold_start_s", "cold start -> first association", "s"),
+]
+
+
+def format_table(r: dict[str, Any]) -> str:
+    head = f"{r['model']} on {r['runtime']} ({r['input_size'][0]}x{r['input_size'][1]}), "
+    head += f"image {r['image_size'][0]}x{r['image_size'][1]}; load average {r['machine']['loadavg_start']}"
+    lines = [head]
+    for key, label, unit in ROWS:
+        lines.append(f"  {label:40s} {r[key]:>10} {unit}")
+    for m in r.get("resnet50_stand_ins", []):
+        label = f"{m['architecture']} {m['encoder']} {m['input_size'][0]}x{m['input_size'][1]} (random)"
+        lines.append(f"  {label:40s} {m['forward_ms_median']:>10} ms, {m['fraction_of_sgemm']} of SGEMM")
+    met = ", ".join(f"{k[:-4]} {'met' if v else 'NOT met'}" for k, v in r["targets"].items() if k.endswith("_met"))
+    lines.append(f"  targets: {met}")
+    return "\n".join(lines)
+
+
+def main(model: str, as_json: bool, quick: bool, height: int | None = None) -> int:
+    result = run_bench(model, quick, height)
+    print(json.dumps(result, indent=2, default=str) if as_json else format_table(result))
+    return 0
+
+
+__all__ = ["end_to_end", "format_table", "main", "medians", "run_bench", "sgemm_gflops", "wait_delivered"]
