@@ -238,6 +238,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from dicom_node.retention.prune import format_prune, parse_duration, prune
+    from dicom_node.storage import Storage
+
+    config = _node_config(args)
+    policy = config.retention
+    if args.older_than is not None:
+        try:
+            policy = policy.with_age(parse_duration(args.older_than))
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+    report = prune(_open_db(args), Storage(config.data_dir), policy, dry_run=args.dry_run)
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_prune(report))
+    return 0
+
+
 # --- engine ----------------------------------------------------------------------------------------
 def cmd_phantom(args: argparse.Namespace) -> int:
     from inference.phantom_dicom import write_phantoms
@@ -484,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     _node_flags(r)
     r.add_argument("--failed", action="store_true", help="also deliveries that gave up")
     r.set_defaults(func=cmd_retry)
+
+    pr = sub.add_parser("prune", help="delete delivered data older than the retention policy (audited)")
+    _node_flags(pr)
+    pr.add_argument("--older-than", help="one age for images and outputs, e.g. 30d, 12h, 2w (default: [retention])")
+    pr.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prune)
 
     ph = sub.add_parser("phantom", help="write synthetic spine radiographs with masks")
     ph.add_argument("--out", required=True)

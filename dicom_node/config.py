@@ -29,6 +29,7 @@ from dicom_node.config_web import (
     typed,
     unique_names,
 )
+from dicom_node.retention.policy import RetentionPolicy
 
 CONFIG_ENV = "SPINENODE_CONFIG"
 DB_URL_ENV = "SPINENODE_DB_URL"  # the database URL (see dicom_node.audit.database)
@@ -57,6 +58,11 @@ ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
 LEASE_S = 30.0  # a claimed job/delivery whose worker sent no heartbeat for this long is reclaimed
 KEEP_OPEN_S = 5.0  # an association to a destination is released after this long unused (0: per pass)
+# [retention]: the data directory is not an archive (dicom_node.retention.prune)
+RETENTION_INSTANCES_DAYS = 30.0  # a received image stays this long after all its outputs were delivered
+RETENTION_OUTPUTS_DAYS = 30.0  # an output (SEG, SR, SC) stays this long after its last delivery
+RETENTION_INTERVAL_MIN = 60.0  # the background pass runs this often
+WARN_FREE_DISK_MB = 2000  # below this free space: a warning and /api/health "degraded" (refusal: min_free_disk_mb)
 
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
@@ -144,6 +150,11 @@ class NodeConfig:
     dimse_timeout_s: float = DIMSE_TIMEOUT_S
     keep_open_s: float = KEEP_OPEN_S
     flip_agreement: bool = True
+    retention_enabled: bool = True
+    retention_instances_days: float = RETENTION_INSTANCES_DAYS
+    retention_outputs_days: float = RETENTION_OUTPUTS_DAYS
+    retention_interval_min: float = RETENTION_INTERVAL_MIN
+    warn_free_disk_mb: int = WARN_FREE_DISK_MB
     # how text a source sends without Specific Character Set is read when it is not ASCII (a DICOM defined
     # term, as Orthanc's DefaultEncoding; the outputs then declare UTF-8): dicom_node.writers.source
     default_character_set: str = DEFAULT_CHARACTER_SET
@@ -181,6 +192,16 @@ class NodeConfig:
             if settings.destination == dest:
                 return settings
         return StowSettings(dest)
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        return RetentionPolicy(
+            self.retention_instances_days,
+            self.retention_outputs_days,
+            self.retention_enabled,
+            self.retention_interval_min * 60,
+            float(self.warn_free_disk_mb),
+        )
 
     @property
     def db_path(self) -> Path:
@@ -261,6 +282,16 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     ):
         if key in retry:
             out[name] = retry[key]
+    retention = check_keys(
+        raw.get("retention", {}),
+        {"enabled", "instances_days", "outputs_days", "interval_min", "warn_free_disk_mb"},
+        "[retention]",
+    )
+    for key in ("enabled", "instances_days", "outputs_days", "interval_min"):
+        if key in retention:
+            out[f"retention_{key}"] = retention[key]
+    if "warn_free_disk_mb" in retention:
+        out["warn_free_disk_mb"] = retention["warn_free_disk_mb"]
     metrics = raw.get("metrics", {})
     for key, name in (("alert_below", "accuracy_alert_below"), ("recent", "accuracy_recent")):
         if key in metrics:
@@ -377,6 +408,11 @@ SOURCE_OF: dict[str, str] = {
     "lease_s": "[database] lease_s",
     "http_host": "[http] host",
     "http_port": "[http] port",
+    "retention_enabled": "[retention] enabled",
+    "retention_instances_days": "[retention] instances_days",
+    "retention_outputs_days": "[retention] outputs_days",
+    "retention_interval_min": "[retention] interval_min",
+    "warn_free_disk_mb": "[retention] warn_free_disk_mb",
 }
 _SCALARS = (bool, int, float, str, Path)
 
@@ -428,6 +464,13 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError(
             f"default_character_set {cfg.default_character_set!r} is not a DICOM character set "
             '(a defined term of Specific Character Set, e.g. "ISO_IR 100" for Latin-1, "ISO_IR 192" for UTF-8)'
+        )
+    if min(cfg.retention_instances_days, cfg.retention_outputs_days) < 0 or cfg.retention_interval_min <= 0:
+        raise ConfigError("[retention]: need instances_days >= 0, outputs_days >= 0 and interval_min > 0")
+    if cfg.warn_free_disk_mb < cfg.min_free_disk_mb:
+        raise ConfigError(
+            f"[retention] warn_free_disk_mb ({cfg.warn_free_disk_mb}) is below [node] min_free_disk_mb "
+            f"({cfg.min_free_disk_mb}): the warning must come before the refusal"
         )
     _check_tls(cfg)
     _check_http(cfg)

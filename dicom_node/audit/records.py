@@ -109,6 +109,7 @@ class InstanceRecord(Base):
     association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"))
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     times_received: Mapped[int] = mapped_column(Integer, default=1)
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime)  # the file was deleted (retention)
 
 
 class JobRecord(Base):
@@ -159,6 +160,7 @@ class OutputRecord(Base):
     series_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime)  # the file was deleted (retention)
     job: Mapped[JobRecord] = relationship(back_populates="outputs")
     deliveries: Mapped[list[DeliveryRecord]] = relationship(back_populates="output", order_by="DeliveryRecord.id")
 

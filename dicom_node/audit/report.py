@@ -43,6 +43,7 @@ def job_view(job: JobRecord) -> dict[str, Any]:
         "total_ms": job.total_ms,
         "error": job.error,
         "received_at": iso(job.created_at),
+        "instance_pruned_at": iso(job.instance.pruned_at),  # the received image was deleted (retention)
         "finished_at": iso(job.finished_at),
         "transitions": [
             {"state": t.state.value, "at": iso(t.at), "detail": t.detail, "worker": t.worker} for t in job.transitions
@@ -53,6 +54,7 @@ def job_view(job: JobRecord) -> dict[str, Any]:
                 "kind": o.kind.value,
                 "sop_class_uid": o.sop_class_uid,
                 "sop_instance_uid": o.sop_instance_uid,
+                "pruned_at": iso(o.pruned_at),  # the file was deleted (retention); the record stays
                 "deliveries": [
                     {
                         "destination": d.destination,

@@ -218,7 +218,7 @@ def build_app(
         return FileResponse(path, media_type=media, headers={"Cache-Control": IMMUTABLE})
 
     def _links(job: dict[str, Any]) -> dict[str, Any]:
-        kinds = {o["kind"] for o in job["outputs"]}
+        kinds = {o["kind"] for o in job["outputs"] if not o["pruned_at"]}  # no link to a deleted file
         job["urls"] = {
             "self": f"/api/jobs/{job['id']}",
             **({"thumbnail": f"/api/jobs/{job['id']}/overlay.png"} if "sc" in kinds else {}),
@@ -262,7 +262,7 @@ def build_app(
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
-        text = prometheus_text(node.db, upload_times, node.models.status())
+        text = prometheus_text(node.db, upload_times, node.models.status(), node.pruner)
         return PlainTextResponse(text, media_type=PROMETHEUS_TYPE)
 
     return app

@@ -53,10 +53,12 @@ def job_detail(db: AuditDB, job_id: int) -> dict[str, Any] | None:
 
 
 def output_path(db: AuditDB, job_id: int, kind: OutputKind) -> Path | None:
-    """The file of one of a job's outputs (SEG, SR or SC), or None."""
+    """The file of one of a job's outputs (SEG, SR or SC), or None (none, or pruned)."""
     with db.session() as s:
         path = s.scalar(
-            select(OutputRecord.path).where(OutputRecord.job_id == job_id, OutputRecord.kind == kind).limit(1)
+            select(OutputRecord.path)
+            .where(OutputRecord.job_id == job_id, OutputRecord.kind == kind, OutputRecord.pruned_at.is_(None))
+            .limit(1)
         )
     return Path(path) if path and Path(path).is_file() else None
 
@@ -153,7 +155,7 @@ class _Text:
         self.sample(f"{name}_count", count, **labels)
 
 
-def prometheus_text(db: AuditDB, uploads: Histogram, models: list[dict[str, Any]]) -> str:
+def prometheus_text(db: AuditDB, uploads: Histogram, models: list[dict[str, Any]], pruner: Any = None) -> str:
     """Counters from the audit database (they survive restarts), gauges of the queue and deliveries, and
     the inference time histograms of DICOM jobs (database) and uploads (this process)."""
     buckets_ms = [b * 1000 for b in INFERENCE_BUCKETS_S]
@@ -170,6 +172,7 @@ def prometheus_text(db: AuditDB, uploads: Histogram, models: list[dict[str, Any]
         by_state = dict(s.execute(select(JobRecord.state, func.count()).group_by(JobRecord.state)).all())
         deliveries = dict(s.execute(select(DeliveryRecord.state, func.count()).group_by(DeliveryRecord.state)).all())
         attempts = scalar(select(func.count()).select_from(DeliveryAttempt))
+        pruned = scalar(select(func.count()).select_from(EventRecord).where(EventRecord.kind == "pruned"))
         attempt_failures = scalar(
             select(func.count())
             .select_from(DeliveryAttempt)
@@ -225,4 +228,15 @@ def prometheus_text(db: AuditDB, uploads: Histogram, models: list[dict[str, Any]
     )
     counts, n, seconds = uploads.snapshot()
     t.histogram("spinenode_inference_seconds", uploads.buckets, counts, n, seconds, source="upload")
+    t.family("spinenode_files_pruned_total", "counter", "files deleted by the retention policy (audited)")
+    t.sample("spinenode_files_pruned_total", pruned)
+    if pruner is not None:
+        disk = pruner.status()
+        t.family("spinenode_disk_free_bytes", "gauge", "free space on the data directory's file system")
+        t.sample("spinenode_disk_free_bytes", int(disk["free_mb"] * 2**20))
+        t.family("spinenode_disk_low", "gauge", "1 when free space is below [retention] warn_free_disk_mb")
+        t.sample("spinenode_disk_low", int(disk["low"]))
+        if disk["prunable_bytes"] is not None:
+            t.family("spinenode_prunable_bytes", "gauge", "bytes the retention policy may delete now")
+            t.sample("spinenode_prunable_bytes", disk["prunable_bytes"])
     return "\n".join(t.lines) + "\n"

@@ -33,6 +33,7 @@ from dicom_node.queue.jobs import JobQueue
 from dicom_node.queue.leases import LeaseKeeper, WorkerIdentity
 from dicom_node.queue.processing import Processor, WorkerPool
 from dicom_node.reference.evaluation import Evaluator
+from dicom_node.retention.prune import Pruner
 from dicom_node.storage import Storage
 from inference.model_card import find_card
 from inference.registry import ModelRegistry
@@ -86,6 +87,7 @@ class Node:
     port: int = 0
     warmup: threading.Thread | None = None  # loads and warms the models while associations are accepted
     leases: LeaseKeeper | None = None  # renews this process's job/delivery leases, reclaims expired ones
+    pruner: Pruner | None = None  # retention: deletes delivered data once old enough ([retention])
 
     @classmethod
     def compose(cls, config: NodeConfig, models: ModelRegistry | None = None) -> Node:
@@ -110,7 +112,21 @@ class Node:
         workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify, evaluator=evaluator)
         receiver = Receiver(config, db, storage, on_job=queue.notify, on_reference=queue.notify, decoded=decoded)
         leases = LeaseKeeper(db, identity, config.lease_s, on_reclaim=queue.notify)
-        return cls(config, db, storage, queue, models, processor, evaluator, workers, sender, receiver, leases=leases)
+        pruner = Pruner(db, storage, config.retention, config.min_free_disk_mb)
+        return cls(
+            config,
+            db,
+            storage,
+            queue,
+            models,
+            processor,
+            evaluator,
+            workers,
+            sender,
+            receiver,
+            leases=leases,
+            pruner=pruner,
+        )
 
     def start(self, preload: bool = True) -> int:
         recovered = self.queue.recover()
@@ -127,12 +143,16 @@ class Node:
         self.sender.start()
         if self.leases is not None:
             self.leases.start()
+        if self.pruner is not None:
+            self.pruner.start()
         self.port = self.receiver.start()
         return self.port
 
     def stop(self) -> None:
         log.info("stopping: no new instances, finishing jobs in hand")
         self.receiver.stop()
+        if self.pruner is not None:
+            self.pruner.stop()
         self.workers.stop()
         self.sender.stop()
         if self.leases is not None:  # after the workers: their leases are renewed while they finish
@@ -160,7 +180,8 @@ class Node:
                 for state in (ReferenceState.WAITING, ReferenceState.DUE, ReferenceState.EVALUATING)
             }
         models = self.models.status()
-        degraded = any(m["error"] for m in models) or deliveries["failed"] > 0
+        disk = self.pruner.status() if self.pruner is not None else None
+        degraded = any(m["error"] for m in models) or deliveries["failed"] > 0 or bool(disk and disk["low"])
         return {
             "status": "degraded" if degraded else "healthy",
             "dicom": {"ae_title": self.config.ae_title, "port": self.port, "accepting": self.receiver.accepting},
@@ -168,5 +189,6 @@ class Node:
             "queue": queue,
             "deliveries": deliveries,
             "references": reference_segs,
+            "disk": disk,
             "device": "cpu",
         }

@@ -24,6 +24,7 @@ from dicom_node.queue.jobs import JobQueue
 from dicom_node.queue.leases import LeaseKeeper, WorkerIdentity
 from dicom_node.queue.processing import Processor, WorkerPool
 from dicom_node.reference.evaluation import Evaluator
+from dicom_node.retention.prune import Pruner
 from dicom_node.roles.node import model_names, warm_up
 from dicom_node.storage import Storage
 from inference.registry import ModelRegistry
@@ -44,6 +45,7 @@ class WorkerNode:
     workers: WorkerPool
     sender: Sender
     leases: LeaseKeeper
+    pruner: Pruner
     warmup: threading.Thread | None = None
 
     @classmethod
@@ -67,7 +69,8 @@ class WorkerNode:
         sender = Sender(config, db, identity)
         workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify, evaluator=evaluator)
         leases = LeaseKeeper(db, identity, config.lease_s, on_reclaim=queue.notify)
-        return cls(config, identity, db, storage, queue, models, processor, evaluator, workers, sender, leases)
+        pruner = Pruner(db, storage, config.retention, config.min_free_disk_mb)  # one at a time across hosts
+        return cls(config, identity, db, storage, queue, models, processor, evaluator, workers, sender, leases, pruner)
 
     @property
     def description(self) -> str:
@@ -90,6 +93,7 @@ class WorkerNode:
             self.warmup.daemon = True
         self.db.record_event("worker_start", self.description)
         self.leases.start()
+        self.pruner.start()
         self.sender.start()
         if self.warmup is not None:
             self.warmup.start()
@@ -106,6 +110,7 @@ class WorkerNode:
         log.info("worker %s stopping: finishing the job in hand", self.identity)
         if self.warmup is not None:
             self.warmup.join(120)  # then its workers exist and stop; they are stopped before they take a job
+        self.pruner.stop()
         self.workers.stop()
         self.sender.stop()
         self.leases.stop()

@@ -203,6 +203,7 @@ function deliveryCell(job) {
       : [el("span", {}, "kept in the data directory")];
     const line = el("div", {}, el("b", {}, o.kind.toUpperCase() + " "));
     parts.forEach((p, i) => line.append(...(i ? [", ", p] : [p])));
+    if (o.pruned_at) line.append(el("span", { class: "pruned" }, ` — file deleted by retention ${o.pruned_at.replace("T", " ").replace(/\.\d+Z$/, "Z")}`));
     list.append(line);
   }
   return list;
@@ -212,9 +213,10 @@ function jobRow(job) {
   const model = state.models.find((m) => m.name === job.model);
   const quality = job.metrics && job.metrics.quality;
   const cobb = job.metrics && job.metrics.measurements ? job.metrics.measurements.cobb : [];
+  const pruned = job.outputs.some((o) => o.pruned_at);
   const thumb = job.urls.thumbnail
     ? el("a", { href: job.urls.sc || job.urls.thumbnail }, el("img", { src: job.urls.thumbnail, alt: `overlay of job ${job.id}`, loading: "lazy" }))
-    : "—";
+    : pruned ? el("span", { class: "pruned" }, "pruned (retention)") : "—";
   return el("tr", { dataset: { job: job.id } },
     el("td", {}, job.id),
     el("td", {}, (job.received_at || "").replace("T", " ").replace(/\.\d+Z$/, "Z")),

@@ -1,0 +1,1 @@
+"""Keeping the data directory in check: which files may go (``policy``), and the pass that prunes them."""
