@@ -57,6 +57,10 @@ def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("[tls]\nrequire_client_cert = 1\n", "[tls] require_client_cert = 1: expected true or false"),
         ('[node]\nallowed_calling_aes = "MODALITY"\n', "[node] allowed_calling_aes must be list"),
         ("[[routes]]\ndestinations = []\n", "[[routes]] #1: model is required"),
+        ('[retention]\nenabled = "yes"\n', "[retention] enabled = 'yes': expected true or false"),
+        ("[retention]\nwarn_free_disk_mb = 100\n", "the warning must come before the refusal"),
+        ("[retention]\ninstances_days = -1\n", "need instances_days >= 0"),
+        ("[retention]\nkeep = 3\n", "unknown [retention] keys: keep"),
         ('[[routes]]\nmodel = "m"\nmodalty = "DX"\n', "unknown [[routes]] #1 keys: modalty"),
     ],
 )
