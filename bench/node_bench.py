@@ -333,7 +333,34 @@ def cold_start_s(model: str, work: Path) -> float:
         proc.wait(30)
 
 
-def run_bench(model: str, quick: bool = False, height: int | None = None, width: int | None = None) -> dict[str, Any]:
+PROFILE_TOP = 40  # functions listed per stage, by cumulative time
+
+
+def profile_stage(name: str, fn: Callable[[], object], folder: Path) -> str:
+    """Run ``fn`` once under cProfile; write ``folder/<name>.txt`` (top functions by cumulative time) and
+    ``folder/<name>.pstats`` (for snakeviz, ``python -m pstats``). Returns the text file's path."""
+    import cProfile
+    import io
+    import pstats
+
+    folder.mkdir(parents=True, exist_ok=True)
+    profiler = cProfile.Profile()
+    profiler.runcall(fn)
+    profiler.dump_stats(folder / f"{name}.pstats")
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(PROFILE_TOP)
+    path = folder / f"{name}.txt"
+    path.write_text(out.getvalue())
+    return str(path)
+
+
+def run_bench(
+    model: str,
+    quick: bool = False,
+    height: int | None = None,
+    width: int | None = None,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
     import torch
     from pydicom import dcmread
 
@@ -405,6 +432,21 @@ def run_bench(model: str, quick: bool = False, height: int | None = None, width:
         # timed as reliable, so that every writer runs (see the module docstring)
         prediction = dataclasses.replace(engine.predict(prepared, spacing), quality=Quality(True))
         built = [build_outputs(ds, prediction, card, display_image=prepared.image) for _ in range(repeats + 1)][1:]
+        if profile_dir is not None:  # one run of each in-process stage under cProfile, after the timed runs
+            result["profiles"] = {
+                "decode_preprocess": profile_stage(
+                    "decode_preprocess", lambda: from_dataset(dcmread(files[0])), profile_dir
+                ),
+                "predict": profile_stage("predict", lambda: engine.predict(prepared, spacing), profile_dir),
+                "build_outputs": profile_stage(
+                    "build_outputs",
+                    lambda: build_outputs(ds, prediction, card, display_image=prepared.image),
+                    profile_dir,
+                ),
+                "encode": profile_stage(
+                    "encode", lambda: [dataset_bytes(o) for o in built[-1].datasets()], profile_dir
+                ),
+            }
         for key in ("build_seg", "build_sr", "build_sc"):
             result[f"{key}_ms"] = round(statistics.median(b.timings_ms[key] for b in built), 2)
         outputs = built[-1].datasets()
@@ -530,8 +572,8 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(model: str, as_json: bool, quick: bool, height: int | None = None) -> int:
-    result = run_bench(model, quick, height)
+def main(model: str, as_json: bool, quick: bool, height: int | None = None, profile_dir: Path | None = None) -> int:
+    result = run_bench(model, quick, height, profile_dir=profile_dir)
     print(json.dumps(result, indent=2, default=str) if as_json else format_table(result))
     return 0
 

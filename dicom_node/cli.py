@@ -409,7 +409,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         find_card(model)
     except KeyError as exc:
         raise CLIError(str(exc.args[0])) from exc
-    return bench_main(model, args.json, args.quick, args.height)
+    return bench_main(model, args.json, args.quick, args.height, Path(args.profile) if args.profile else None)
 
 
 def _node_flags(p: argparse.ArgumentParser, serve: bool = False, worker: bool = False) -> None:
@@ -566,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--quick", action="store_true", help="small samples (a smoke test, not a measurement)")
     b.add_argument("--height", type=int, help="rows of the phantom DX (default 2500; --quick 512)")
+    b.add_argument("--profile", metavar="DIR", help="also write a cProfile breakdown of each in-process stage to DIR")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -36,11 +36,13 @@ FIGURES = (
 
 
 @pytest.mark.slow
-def test_bench_quick_json_has_every_figure(models_root: Path) -> None:
+def test_bench_quick_json_has_every_figure(models_root: Path, tmp_path: Path) -> None:
     require_tool("storescp")
     require_tool("storescu")
+    profiles = tmp_path / "profiles"
     out = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "bench", "--quick", "--json", "--model", TINY_MODEL],
+        [sys.executable, "-m", "dicom_node.cli", "bench", "--quick", "--json", "--model", TINY_MODEL]
+        + ["--profile", str(profiles)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -54,6 +56,10 @@ def test_bench_quick_json_has_every_figure(models_root: Path) -> None:
     assert result["runtime"] == "onnx" and result["runtime_info"]["check"]["passed"]
     assert result["end_to_end"]["end_to_end_ms"] == result["end_to_end_ms"]
     assert {"end_to_end_met", "throughput_met", "cold_start_met"} <= result["targets"].keys()
+    # --profile: a cProfile breakdown per in-process stage, naming the functions that stage spends its time in
+    assert set(result["profiles"]) == {"decode_preprocess", "predict", "build_outputs", "encode"}
+    build = Path(result["profiles"]["build_outputs"]).read_text()
+    assert "cumulative" in build and "build_segmentation" in build and (profiles / "predict.pstats").is_file()
 
 
 @pytest.mark.slow
