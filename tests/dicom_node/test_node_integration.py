@@ -24,6 +24,7 @@ from dicom_node.audit.records import AssociationRecord, DeliveryState, JobRecord
 from dicom_node.audit.report import audit_report
 from dicom_node.config import DEFAULT_MODEL, Destination, NodeConfig
 from dicom_node.roles.node import Node
+from dicom_node.writers import uids
 from inference.metrics import overlap
 from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu, wait_port, wait_until
 from tests.dciodvfy import dciodvfy_errors
@@ -112,16 +113,26 @@ def test_storescu_to_node_to_storescp(node: Node, dest: StoreSCP, phantom_files:
     assert node.sender.connections.opened == 1
 
 
+def _output_uids(node: Node, sop: str) -> dict[str, str]:
+    [job] = [j for j in audit_report(node.db, limit=100)["jobs"] if j["sop_instance_uid"] == sop]
+    return {o["kind"]: o["sop_instance_uid"] for o in job["outputs"]}
+
+
 def test_resend_gives_same_uids_and_no_second_job(node: Node, dest: StoreSCP, phantom_files: list[Path]) -> None:
+    sop = str(dcmread(phantom_files[1]).SOPInstanceUID)
     storescu(node.port, phantom_files[1])
     wait_until(lambda: _job_state(node, phantom_files[1]) == JobState.DONE)
+    first = _output_uids(node, sop)
+    card = node.models.get(TINY_MODEL).card
+    kinds = {"seg": uids.SEG, "sr": uids.SR, "sc": uids.SC}  # derived from the source, the model and its weights
+    assert first == {k: uids.output_uid(sop, card.name, card.weights_sha256, v) for k, v in kinds.items()}
     proc = storescu(node.port, phantom_files[1])
     assert proc.returncode == 0
     with node.db.session() as s:
-        sop = dcmread(phantom_files[1]).SOPInstanceUID
         jobs = [j for j in s.scalars(select(JobRecord)) if j.instance.sop_instance_uid == sop]
     assert len(jobs) == 1
-    assert any(e.kind == "duplicate" for e in node.db.events())
+    assert any(e.kind == "duplicate" and e.sop_instance_uid == sop for e in node.db.events())
+    assert _output_uids(node, sop) == first  # the same objects, not a second set
 
 
 def _job_state(node: Node, path: Path) -> JobState | None:
