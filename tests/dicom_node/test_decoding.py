@@ -84,6 +84,7 @@ def test_a_dead_helper_is_replaced(decoder: Decoder, compressed: dict[str, Path]
     assert decoder.decode(ds).shape == (int(ds.Rows), int(ds.Columns))
 
 
+@pytest.mark.slow  # waits out a deadline
 def test_a_stalled_helper_holds_up_only_its_own_image(compressed: dict[str, Path]) -> None:
     """A codec stuck in one helper (here: the process stopped) costs that image its deadline; the image
     decoded beside it goes to the other helper and comes back in time."""
@@ -116,6 +117,7 @@ def test_a_stalled_helper_holds_up_only_its_own_image(compressed: dict[str, Path
         decoder.stop()
 
 
+@pytest.mark.slow  # waits out a deadline
 def test_the_wait_for_a_free_helper_counts_against_the_deadline(compressed: dict[str, Path]) -> None:
     ds = dcmread(compressed[RLELossless.name])
     decoder = Decoder(timeout_s=30, helpers=1)
