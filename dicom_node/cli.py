@@ -301,11 +301,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps([c.to_json() for c in cards], indent=2))
     else:
         for c in cards:
-            v, t1 = (c.metrics.get("phantom_eval") or {}).get("per_class", {}).get("V", {}), None
-            t1 = (c.metrics.get("phantom_eval") or {}).get("per_class", {}).get("T1", {})
+            # real models: the validation split of real radiographs; demo models: held-out phantoms
+            where, figures = next(
+                ((k, c.metrics[k]) for k in ("validation", "phantom_eval") if c.metrics.get(k)), ("-", {})
+            )
+            per_class = figures.get("per_class", {})
+            v, t1 = per_class.get("V", {}), per_class.get("T1", {})
             print(
-                f"{c.name:28s} {c.architecture:22s} {str(c.encoder):14s} {c.input_size[0]}x{c.input_size[1]}"
-                f"  demo={c.demo}  V IoU {v.get('iou', '-')}  T1 IoU {t1.get('iou', '-')}"
+                f"{c.name:30s} {c.architecture:20s} {str(c.encoder):13s} {c.input_size[0]}x{c.input_size[1]}"
+                f"  demo={c.demo!s:5}  V IoU {v.get('iou', '-')}  T1 IoU {t1.get('iou', '-')}  ({where})"
             )
     return 0
 
