@@ -302,10 +302,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     else:
         for c in cards:
             # real models: the validation split of real radiographs; demo models: held-out phantoms
-            where, figures = next(
-                ((k, c.metrics[k]) for k in ("validation", "phantom_eval") if c.metrics.get(k)), ("-", {})
-            )
-            per_class = figures.get("per_class", {})
+            recorded = [(k, c.metrics[k]) for k in ("validation", "phantom_eval") if c.metrics.get(k)]
+            where, figures = recorded[0] if recorded else ("-", {})
+            per_class: dict[str, Any] = figures.get("per_class", {})
             v, t1 = per_class.get("V", {}), per_class.get("T1", {})
             print(
                 f"{c.name:30s} {c.architecture:20s} {str(c.encoder):13s} {c.input_size[0]}x{c.input_size[1]}"
