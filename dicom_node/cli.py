@@ -249,7 +249,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             policy = policy.with_age(parse_duration(args.older_than))
         except ValueError as exc:
             raise CLIError(str(exc)) from exc
-    report = prune(_open_db(args), Storage(config.data_dir), policy, dry_run=args.dry_run)
+    report = prune(_open_db(args), Storage(config.data_dir), policy, dry_run=args.dry_run, sweep=True)
     print(json.dumps(report.to_json(), indent=2) if args.json else format_prune(report))
     return 0
 

@@ -17,12 +17,14 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from dicom_node.audit.records import AuditDB
 from tests.conftest import free_port
 
 DB_NAME = "spinenode"
@@ -143,3 +145,15 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.stop()
         time.sleep(0.2)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditDB]:
+    """An empty audit database: a SQLite file, then a database on the throwaway PostgreSQL cluster."""
+    if request.param == "sqlite":
+        database = AuditDB(tmp_path / "spinenode.db")
+    else:
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        database = AuditDB(cluster.create_database(f"t_{uuid.uuid4().hex[:12]}"))
+    yield database
+    database.dispose()

@@ -114,6 +114,10 @@ def prunable(db: AuditDB, policy: RetentionPolicy, now: datetime | None = None) 
         jobs = s.scalars(
             select(JobRecord)
             .where(JobRecord.state == JobState.DONE)
+            .where(  # only jobs with a file still on disk: a pass does not grow with the pruned history
+                JobRecord.instance.has(InstanceRecord.pruned_at.is_(None))
+                | JobRecord.outputs.any(OutputRecord.pruned_at.is_(None))
+            )
             .options(
                 selectinload(JobRecord.instance),
                 selectinload(JobRecord.outputs).selectinload(OutputRecord.deliveries),
@@ -144,7 +148,8 @@ def prunable(db: AuditDB, policy: RetentionPolicy, now: datetime | None = None) 
                 why = f"job done and every output delivered {_days(now - last_settled)} ago"
                 found.append(Prunable("instance", inst.id, source_uid, inst.path, job.id, why))
         refs: dict[int, list[ReceivedSegRecord]] = {}
-        for ref in s.scalars(select(ReceivedSegRecord).options(selectinload(ReceivedSegRecord.instance))):
+        live = ReceivedSegRecord.instance.has(InstanceRecord.pruned_at.is_(None))
+        for ref in s.scalars(select(ReceivedSegRecord).where(live).options(selectinload(ReceivedSegRecord.instance))):
             refs.setdefault(ref.instance_id, []).append(ref)
         for rows in refs.values():
             inst = rows[0].instance
@@ -166,43 +171,46 @@ def prunable(db: AuditDB, policy: RetentionPolicy, now: datetime | None = None) 
     return [Prunable(f.kind, f.row_id, f.sop_instance_uid, f.path, f.job_id, f.reason, _size(f.path)) for f in found]
 
 
-class _OnePruner:
-    """Holds the pruning lock for one pass: a PostgreSQL advisory lock, or a lock of this process."""
+_THIS_PROCESS = threading.Lock()  # one pass at a time in this process (the advisory lock covers the others)
 
-    _local = threading.Lock()
 
-    def __init__(self, db: AuditDB) -> None:
-        self.db = db
-
-    def __enter__(self) -> bool:
-        if not self._local.acquire(blocking=False):
-            return False
-        self._conn = None
-        if not self.db.is_sqlite:
-            self._conn = self.db.engine.connect()
-            if not self._conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}):
-                self._conn.close()
-                self._local.release()
-                return False
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-            self._conn.close()
-        self._local.release()
+@contextlib.contextmanager
+def _one_pruner(db: AuditDB) -> Iterator[bool]:
+    """Yields whether this pass may prune: this process's lock and, on PostgreSQL, an advisory lock."""
+    if not _THIS_PROCESS.acquire(blocking=False):
+        yield False
+        return
+    try:
+        if db.is_sqlite:  # one process owns a SQLite file
+            yield True
+            return
+        with db.engine.connect() as conn:
+            if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+    finally:
+        _THIS_PROCESS.release()
 
 
 def prune(
-    db: AuditDB, storage: Storage, policy: RetentionPolicy, now: datetime | None = None, dry_run: bool = False
+    db: AuditDB,
+    storage: Storage,
+    policy: RetentionPolicy,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    sweep: bool = False,
 ) -> PruneReport:
-    """One pass: find what ``policy`` allows and delete it (or, ``dry_run``, only say what)."""
+    """One pass: find what ``policy`` allows and delete it (or, ``dry_run``, only say what). ``sweep``
+    also unlinks files marked pruned by a pass that died before unlinking them (a start-up's first pass)."""
     report = PruneReport(dry_run)
-    lock = _OnePruner(db)
-    if not lock.__enter__():
-        report.skipped = "another pruner is running"
-        return report
-    try:
+    with _one_pruner(db) as mine:
+        if not mine:
+            report.skipped = "another pruner is running"
+            return report
         candidates = prunable(db, policy, now)
         if dry_run:
             report.files = candidates
@@ -211,10 +219,9 @@ def prune(
             if _mark(db, item, now or utcnow()):
                 _unlink(storage, item.path)
                 report.files.append(item)
-        for path in _marked_leftovers(db):  # marked by a pass that died before unlinking
-            _unlink(storage, path)
-    finally:
-        lock.__exit__()
+        if sweep:
+            for path in _marked_leftovers(db):
+                _unlink(storage, path)
     if report.files:
         log.info("pruned %d files, %.1f MB", len(report.files), report.bytes / MB)
     return report
@@ -273,7 +280,8 @@ def disk_status(storage: Storage, policy: RetentionPolicy, min_free_mb: float) -
 
 
 class Pruner:
-    """The background pass: prune every ``interval_s``, warn when free space runs low, keep the figures."""
+    """The background pass every ``interval_s``: prune (or, with the policy disabled, only count what it
+    would prune), warn when free space runs low, keep the figures for health and metrics."""
 
     def __init__(self, db: AuditDB, storage: Storage, policy: RetentionPolicy, min_free_mb: float) -> None:
         self.db, self.storage, self.policy, self.min_free_mb = db, storage, policy, min_free_mb
@@ -284,9 +292,8 @@ class Pruner:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.policy.enabled:
-            self._thread = threading.Thread(target=self._loop, name="pruner", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._loop, name="pruner", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -294,9 +301,13 @@ class Pruner:
             self._thread.join(timeout)
 
     def tick(self) -> PruneReport:
-        self.last = prune(self.db, self.storage, self.policy)
-        waiting = prunable(self.db, self.policy)
-        self.prunable_files, self.prunable_bytes = len(waiting), sum(f.bytes for f in waiting)
+        first = self.last is None
+        report = prune(self.db, self.storage, self.policy, dry_run=not self.policy.enabled, sweep=first)
+        if report.dry_run:  # disabled: what the policy would delete stays on disk, and is counted
+            self.prunable_files, self.prunable_bytes = len(report.files), report.bytes
+        elif report.skipped is None:  # enabled: this pass deleted all it could
+            self.prunable_files, self.prunable_bytes = 0, 0
+        self.last = report
         disk = disk_status(self.storage, self.policy, self.min_free_mb)
         if disk["low"]:
             log.warning(
@@ -326,8 +337,8 @@ class Pruner:
             },
             "prunable_files": self.prunable_files,
             "prunable_bytes": self.prunable_bytes,
-            "last_pruned_files": len(self.last.files) if self.last else None,
-            "last_pruned_bytes": self.last.bytes if self.last else None,
+            "last_pruned_files": len(self.last.files) if self.last and not self.last.dry_run else None,
+            "last_pruned_bytes": self.last.bytes if self.last and not self.last.dry_run else None,
         }
 
 

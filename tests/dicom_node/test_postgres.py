@@ -55,7 +55,7 @@ from dicom_node.delivery.sender import Sender
 from dicom_node.queue.jobs import JobQueue
 from dicom_node.queue.leases import WorkerIdentity, reclaim_at_start, reclaim_expired, renew
 from tests.conftest import PROJECT, TINY_MODEL, require_tool
-from tests.pg import PgCluster, pg_cluster  # noqa: F401 - the fixture
+from tests.pg import PgCluster
 
 pytestmark = pytest.mark.slow  # a throwaway PostgreSQL cluster
 
@@ -103,17 +103,6 @@ def _expire(db: AuditDB, job_id: int) -> None:
         s.execute(
             update(JobRecord).where(JobRecord.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "sqlite":
-        database = AuditDB(tmp_path / "spinenode.db")
-    else:
-        cluster: PgCluster = request.getfixturevalue("pg_cluster")
-        database = AuditDB(cluster.create_database(f"t_{uuid.uuid4().hex[:12]}"))
-    yield database
-    database.dispose()
 
 
 # --- migrations ----------------------------------------------------------------------------------------
@@ -454,7 +443,7 @@ def _wait(condition: Any, timeout: float, what: str, procs: list[subprocess.Pope
 
 
 def test_receiver_and_three_workers_survive_a_sigkilled_worker(
-    pg_cluster: PgCluster,  # noqa: F811
+    pg_cluster: PgCluster,
     tmp_path: Path,
     models_root: Path,
 ) -> None:

@@ -13,11 +13,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -39,7 +37,6 @@ from dicom_node.queue.leases import WorkerIdentity, reclaim_at_start, reclaim_ex
 from dicom_node.reference.evaluation import Evaluator, RefClaim
 from dicom_node.storage import Storage, dataset_bytes
 from tests.conftest import PROJECT
-from tests.pg import PgCluster, pg_cluster  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow  # a throwaway PostgreSQL cluster and a worker process
 
@@ -63,17 +60,6 @@ CHILD = textwrap.dedent(
     evaluator.run(claim)
     """
 )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "sqlite":
-        database = AuditDB(tmp_path / "spinenode.db")
-    else:
-        cluster: PgCluster = request.getfixturevalue("pg_cluster")
-        database = AuditDB(cluster.create_database(f"t_{uuid.uuid4().hex[:12]}"))
-    yield database
-    database.dispose()
 
 
 @dataclass
