@@ -87,7 +87,7 @@ def _left_by_gone_process(owner: str, me: WorkerIdentity) -> bool:
 
 
 def renew(db: AuditDB, me: WorkerIdentity, lease_s: float) -> int:
-    """Extend the leases of the jobs and deliveries ``me`` holds. Returns how many rows."""
+    """Extend the leases of the jobs, deliveries and reference comparisons ``me`` holds. Returns how many rows."""
     until = lease_until(lease_s)
     with db.session() as s:
         jobs = s.execute(
