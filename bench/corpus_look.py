@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from inference.classes import CLASS_COLOURS, SpineClass
 from inference.engine import Engine
 from inference.model_card import find_card
 from inference.preprocess import UnusableImageError, from_dataset
+from inference.settings import InferenceSettings
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "dicom-corpus"
 MIN_SIDE = 64  # smaller files are header tests, not radiographs
@@ -37,7 +39,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    engine = Engine(find_card(args.model))
+    settings = InferenceSettings.from_environment(os.environ)  # this script's entry point
+    engine = Engine(find_card(args.model, settings.models_dir), runtime=settings.runtime, cache_dir=settings.cache_dir)
     rows = list(csv.DictReader((CORPUS / "index.tsv").open(), delimiter="\t"))
     results = []
     for row in rows:

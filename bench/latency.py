@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.node_bench import StoreSCP, end_to_end, medians, phantom_files, start_node
+from inference.settings import InferenceSettings
 
 
 def main() -> int:
@@ -35,7 +37,8 @@ def main() -> int:
     node = None
     try:
         files = phantom_files(work / "in", args.n + 1, args.height, width=args.width)
-        node = start_node(work / "var", args.model, dest)
+        settings = InferenceSettings.from_environment(os.environ)  # this script's entry point
+        node = start_node(work / "var", args.model, dest, settings=settings)
         rows = end_to_end(node, files)[1:]  # the first image warms up the node and is not counted
     finally:
         if node is not None:

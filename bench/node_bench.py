@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from dicom_node.testing.peers import TOOL_ENV, StoreSCP, find_tool, free_port, storescu
+from inference.settings import InferenceSettings
 
 SENDERS = 4
 
@@ -258,9 +259,12 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: round(statistics.median(r[k] for r in rows), 1) for k in keys}
 
 
-def start_node(work: Path, model: str, dest: StoreSCP | None, workers: int = 1) -> Any:
+def start_node(
+    work: Path, model: str, dest: StoreSCP | None, workers: int = 1, settings: InferenceSettings | None = None
+) -> Any:
     from dicom_node.config import Destination, NodeConfig
     from dicom_node.roles.node import Node
+    from inference.registry import ModelRegistry
 
     cfg = NodeConfig(
         data_dir=work,
@@ -270,22 +274,23 @@ def start_node(work: Path, model: str, dest: StoreSCP | None, workers: int = 1) 
         workers=workers,
         destinations=(Destination(dest.ae_title, "127.0.0.1", dest.port),) if dest else (),
     )
-    node = Node.compose(cfg)
+    node = Node.compose(cfg, ModelRegistry.from_settings(settings or InferenceSettings()))
     node.start()
     return node
 
 
-def peak_rss_mb(models: list[str]) -> float:
+def peak_rss_mb(models: list[str], settings: InferenceSettings) -> float:
     """Peak RSS (MB) of a fresh process that loads ``models`` and runs one prediction on each.
 
     Read from ``VmHWM`` (this process's own high-water mark): ``ru_maxrss`` of a child started by a large
     process (this benchmark, with torch and a node loaded) keeps the parent's size from before ``exec``."""
     code = (
         "import resource, sys, numpy as np\n"
+        "from pathlib import Path\n"
         "from inference.registry import ModelRegistry\n"
         "from inference.preprocess import PreparedImage\n"
-        "r = ModelRegistry()\n"
-        "for name in sys.argv[1:]:\n"
+        "r = ModelRegistry(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))\n"
+        "for name in sys.argv[4:]:\n"
         "    r.get(name).predict(PreparedImage(np.random.rand(2500, 1300).astype(np.float32)))\n"
         "try:\n"
         "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
@@ -295,7 +300,12 @@ def peak_rss_mb(models: list[str]) -> float:
     )
     project = Path(__file__).resolve().parent.parent
     out = subprocess.run(
-        [sys.executable, "-c", code, *models], capture_output=True, text=True, check=True, cwd=project, timeout=900
+        [sys.executable, "-c", code, str(settings.models_dir), settings.runtime, str(settings.cache_dir), *models],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=project,
+        timeout=900,
     )
     return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
 
@@ -360,6 +370,7 @@ def run_bench(
     height: int | None = None,
     width: int | None = None,
     profile_dir: Path | None = None,
+    settings: InferenceSettings | None = None,
 ) -> dict[str, Any]:
     import torch
     from pydicom import dcmread
@@ -383,8 +394,9 @@ def run_bench(
     }
     result["sgemm_gflops"] = sgemm_gflops(n=512 if quick else 2048, repeats=3 if quick else 5)
 
-    card = find_card(model)
-    engine = Engine(card)
+    settings = settings or InferenceSettings()
+    card = find_card(model, settings.models_dir)
+    engine = Engine(card, runtime=settings.runtime, cache_dir=settings.cache_dir)
     result["runtime"] = engine.runtime
     result["runtime_info"] = engine.runtime_info
     result["input_size"] = list(card.input_size)
@@ -463,7 +475,7 @@ def run_bench(
         result["send_ms"] = _median_ms(lambda: send_files("BENCH", dest, [str(p) for p in out_paths]), repeats)
 
         # the node: one image sequentially (the first warms up), then 4 concurrent senders
-        node = start_node(work / "node", model, scp)
+        node = start_node(work / "node", model, scp, settings=settings)
         e2e = end_to_end(node, files[:n_seq])[1:]
         result["end_to_end"] = medians(e2e)
         result["end_to_end_ms"] = result["end_to_end"]["end_to_end_ms"]
@@ -489,7 +501,7 @@ def run_bench(
 
         # receiving only: the node with no workers versus storescp, the same files in one association
         recv_files = files[: 2 if quick else 10]
-        node = start_node(work / "recv", model, None, workers=0)
+        node = start_node(work / "recv", model, None, workers=0, settings=settings)
         size_mb = sum(p.stat().st_size for p in recv_files) / 1e6
         tries = 1 if quick else 3
         t_node = min(_timed(lambda: storescu(node.port, *recv_files, check=True)) for _ in range(tries))
@@ -502,9 +514,9 @@ def run_bench(
         node.stop()
         node = None
 
-        rss_models = [model] if quick else [c.name for c in list_cards()]
+        rss_models = [model] if quick else [c.name for c in list_cards(settings.models_dir)]
         result["peak_rss_models"] = rss_models
-        result["peak_rss_mb"] = peak_rss_mb(rss_models)
+        result["peak_rss_mb"] = peak_rss_mb(rss_models, settings)
         result["cold_start_s"] = cold_start_s(model, work / "cold")
     finally:
         if node is not None:
@@ -572,8 +584,15 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(model: str, as_json: bool, quick: bool, height: int | None = None, profile_dir: Path | None = None) -> int:
-    result = run_bench(model, quick, height, profile_dir=profile_dir)
+def main(
+    model: str,
+    as_json: bool,
+    quick: bool,
+    height: int | None = None,
+    profile_dir: Path | None = None,
+    settings: InferenceSettings | None = None,
+) -> int:
+    result = run_bench(model, quick, height, profile_dir=profile_dir, settings=settings)
     print(json.dumps(result, indent=2, default=str) if as_json else format_table(result))
     return 0
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from inference.settings import InferenceSettings, RuntimeSelectionError
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +65,23 @@ def _node_config(args: argparse.Namespace) -> Any:
         raise CLIError(str(exc)) from exc
 
 
+def _registry(args: argparse.Namespace) -> Any:
+    from inference.registry import ModelRegistry
+
+    return ModelRegistry.from_settings(args.inference)
+
+
+def _engine(args: argparse.Namespace, card: Any) -> Any:
+    from inference.engine import Engine
+
+    return Engine(card, runtime=args.inference.runtime, cache_dir=args.inference.cache_dir)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from dicom_node.roles.node import Node
 
     config = _node_config(args)
-    node = Node.compose(config)
+    node = Node.compose(config, _registry(args))
     http = _bind_http(node, config)  # None unless --http-port / [http] port; bound before the node starts
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -117,7 +132,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     config = _node_config(args)
     try:
-        node = WorkerNode.compose(config)
+        node = WorkerNode.compose(config, _registry(args))
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     stop = threading.Event()
@@ -185,7 +200,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from dicom_node.roles.segment_file import segment_file
 
     try:
-        summary = segment_file(Path(args.file), Path(args.out), args.model)
+        summary = segment_file(Path(args.file), Path(args.out), args.model, models=_registry(args))
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
     print(json.dumps(summary, indent=2))
@@ -264,27 +279,26 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from inference.model_card import list_cards, models_dir
+    from inference.model_card import list_cards
 
     if args.models_command == "import":
         from inference.importer import import_checkpoint
 
         try:
-            card = import_checkpoint(Path(args.path), args.name, models_dir(), args.display_name)
+            card = import_checkpoint(Path(args.path), args.name, args.inference.models_dir, args.display_name)
         except (OSError, ValueError) as exc:
             raise CLIError(str(exc)) from exc
         print(f"imported {args.path} as {card.name} ({card.architecture})")
         return 0
     if args.models_command == "calibrate":
         from inference.calibration import calibrate
-        from inference.engine import Engine
         from inference.model_card import find_card
 
         try:
-            card = find_card(args.name)
+            card = find_card(args.name, args.inference.models_dir)
         except KeyError as exc:
             raise CLIError(str(exc.args[0])) from exc
-        result = calibrate(Engine(card), n=args.n, seed=args.seed)
+        result = calibrate(_engine(args, card), n=args.n, seed=args.seed)
         card.logit_offsets = result.offsets
         card.training["calibration"] = {
             "phantoms": f"phantom:{args.n} (seeds {args.seed}..{args.seed + args.n - 1})",
@@ -296,7 +310,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         card.save(card.directory)
         print(f"{card.name}: logit offsets {result.offsets}; V/T1 IoU {result.before} -> {result.after}")
         return 0
-    cards = list_cards()
+    cards = list_cards(args.inference.models_dir)
     if args.json:
         print(json.dumps([c.to_json() for c in cards], indent=2))
     else:
@@ -337,14 +351,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from inference.datasets import DataSource, DataSpecError
-    from inference.engine import Engine
     from inference.model_card import find_card
     from inference.training import evaluate_engine
 
     if args.data:
         return _evaluate_spineweb(args)
     try:
-        card = find_card(args.model)
+        card = find_card(args.model, args.inference.models_dir)
         source = (
             DataSource.parse(f"coco:{args.coco}")
             if args.coco
@@ -352,7 +365,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     except (KeyError, DataSpecError) as exc:
         raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
-    result = evaluate_engine(Engine(card), source.load(), progress=not args.json)
+    result = evaluate_engine(_engine(args, card), source.load(), progress=not args.json)
     result["data"] = source.describe()
     if args.record:  # keep the figures in the model card (e.g. the held-out phantom evaluation)
         card.metrics[args.record] = result
@@ -368,7 +381,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_spineweb(args: argparse.Namespace) -> int:
-    from inference.engine import Engine
     from inference.level_evaluation import evaluate_spineweb
     from inference.model_card import find_card
     from inference.spineweb import SpineWebError
@@ -377,8 +389,8 @@ def _evaluate_spineweb(args: argparse.Namespace) -> int:
     if kind != "spineweb16" or not directory:
         raise CLIError(f"--data takes spineweb16:DIR (got {args.data!r})")
     try:
-        card = find_card(args.model)
-        engine = Engine(card)
+        card = find_card(args.model, args.inference.models_dir)
+        engine = _engine(args, card)
         result = evaluate_spineweb(engine, Path(directory), fit_quality=args.fit_quality, progress=not args.json)
     except (KeyError, SpineWebError) as exc:
         raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
@@ -409,10 +421,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     model = args.model or DEFAULT_MODEL
     try:
-        find_card(model)
+        find_card(model, args.inference.models_dir)
     except KeyError as exc:
         raise CLIError(str(exc.args[0])) from exc
-    return bench_main(model, args.json, args.quick, args.height, Path(args.profile) if args.profile else None)
+    profile = Path(args.profile) if args.profile else None
+    return bench_main(model, args.json, args.quick, args.height, profile, args.inference)
 
 
 def _node_flags(p: argparse.ArgumentParser, serve: bool = False, worker: bool = False) -> None:
@@ -578,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
+        try:  # the one place the inference settings are read from the environment
+            args.inference = InferenceSettings.from_environment(os.environ)
+        except RuntimeSelectionError as exc:
+            raise CLIError(str(exc)) from exc
         return int(args.func(args) or 0)
     except CLIError as exc:
         print(f"spinenode: error: {exc}", file=sys.stderr)

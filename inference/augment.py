@@ -106,6 +106,21 @@ def _clutter(rng: np.random.Generator, img: np.ndarray) -> None:
             cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, float(rng.uniform(0.2, 0.5)), value, 1)
 
 
+def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Intensity changes and clutter of one float32 view in [0, 1] (gamma, contrast, blur, lines, noise)."""
+    img = np.clip(img, 0, 1) ** rng.uniform(*GAMMA_RANGE)
+    if rng.random() < LOW_CONTRAST_P:
+        lo = rng.uniform(0.0, 0.4)
+        img = lo + img * rng.uniform(0.25, 0.6)
+    else:
+        img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
+    if rng.random() < BLUR_P:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.3))
+    if rng.random() < CLUTTER_P:
+        _clutter(rng, img)
+    return (img + rng.normal(0, rng.uniform(0, NOISE_MAX), img.shape)).astype(np.float32)
+
+
 def augment(rng: np.random.Generator, stored: Stored, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """One random training view: float32 image (H, W) in [0, 1] and uint8 labels (H, W)."""
     h, w = size
@@ -124,17 +139,7 @@ def augment(rng: np.random.Generator, stored: Stored, size: tuple[int, int]) -> 
     elif empty.any():
         level = float(np.median(src)) * rng.uniform(0.5, 1.1) if rng.random() < 0.8 else 0.0
         img[empty] = _background(rng, (h, w), level)[empty]
-    img = np.clip(img, 0, 1) ** rng.uniform(*GAMMA_RANGE)
-    if rng.random() < LOW_CONTRAST_P:
-        lo = rng.uniform(0.0, 0.4)
-        img = lo + img * rng.uniform(0.25, 0.6)
-    else:
-        img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
-    if rng.random() < BLUR_P:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.3))
-    if rng.random() < CLUTTER_P:
-        _clutter(rng, img)
-    img = img + rng.normal(0, rng.uniform(0, NOISE_MAX), img.shape).astype(np.float32)
+    img = photometric(rng, img)
     if rng.random() < FLIP_P:
         img, labels = img[:, ::-1], labels[:, ::-1]
     return np.ascontiguousarray(np.clip(img, 0, 1), dtype=np.float32), np.ascontiguousarray(labels)

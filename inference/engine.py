@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,11 +19,13 @@ import numpy as np
 from inference.classes import SpineClass
 from inference.levels import LEVEL_CLASS_ORDER, group_probabilities, native_levels
 from inference.measure import measure, reportable
-from inference.model_card import ModelCard
-from inference.onnx_runtime import OnnxRunner, default_runtime, prepare_onnx
+from inference.model_card import ModelCard, find_card
+from inference.onnx_runtime import OnnxRunner, prepare_onnx
 from inference.prediction import ClassStats, Prediction, class_stats, labels_at_native
 from inference.preprocess import PreparedImage, to_model_input
 from inference.quality import QualityThresholds, assess
+from inference.settings import DEFAULT_CACHE_DIR, DEFAULT_RUNTIME, checked_runtime
+from inference.top_pass import second_pass, spine_labels
 
 if TYPE_CHECKING:
     import torch
@@ -45,17 +48,22 @@ class Engine:
     """One model, loaded once and kept warm; thread-safe ``predict``.
 
     ``runtime`` is ``"onnx"`` (ONNX Runtime on a checked export, ``inference.onnx_runtime``; torch if
-    that fails) or ``"torch"``. By default ``$SPINENODE_RUNTIME`` or ``onnx`` - except for an engine
-    built around a module in hand (training's evaluation), which stays on torch unless asked.
+    that fails) or ``"torch"``. By default ``onnx`` - except for an engine built around a module in hand
+    (training's evaluation), which stays on torch unless asked. ``cache_dir`` keeps the checked exports.
     ``runtime_info`` says which runtime is used, the recorded numerical check and any fallback reason.
     On ONNX Runtime with a cached export the torch module is not loaded (nor PyTorch imported) until
     something asks for it (``module``, ``logits(..., "torch")``).
     """
 
-    def __init__(self, card: ModelCard, module: torch.nn.Module | None = None, runtime: str | None = None) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        module: torch.nn.Module | None = None,
+        runtime: str | None = None,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
+    ) -> None:
         self.card = card
-        if runtime is None:
-            runtime = "torch" if module is not None else default_runtime()
+        runtime = checked_runtime(runtime or ("torch" if module is not None else DEFAULT_RUNTIME))
         self._module = module.eval() if module is not None else None
         self._lock = threading.Lock()
         offsets = card.logit_offsets or [0.0] * len(card.class_order)
@@ -65,11 +73,15 @@ class Engine:
         self._onnx: OnnxRunner | None = None
         self.runtime_info: dict[str, Any] = {"runtime": "torch", "requested": runtime}
         if runtime == "onnx":
-            self._onnx, self.runtime_info = prepare_onnx(card, lambda: self.module)
+            self._onnx, self.runtime_info = prepare_onnx(card, lambda: self.module, cache_dir)
             if self._onnx is not None and module is None:
                 self._module = None  # exported and checked: the torch weights are not kept (reloaded if asked)
         if self._onnx is None and self._module is None:  # on torch: load now, not on the first image
             self._module = load_module(card)
+        self._top: Engine | None = None  # the T1 second pass (inference.top_pass), from the same directory
+        if card.top_pass and card.directory is not None:
+            top = find_card(card.top_pass, card.directory.parent, part=True)
+            self._top = Engine(top, runtime=runtime, cache_dir=cache_dir)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -114,9 +126,24 @@ class Engine:
         own = self.class_probabilities(np.ascontiguousarray(batch))
         probs = group_probabilities(own, self.card.class_order)
         labels, conf = labels_at_native(probs[0], (rows, cols))
-        flipped = labels_at_native(probs[1][:, :, ::-1], (rows, cols))[0] if flip_agreement else None
-        classes = class_stats(labels, conf, spacing_mm, flipped)
         levels = native_levels(own[0], labels) if self._levels else None
+        # the flipped branch runs in mirrored coordinates (second pass included) and is flipped back
+        mirrored = labels_at_native(probs[1], (rows, cols))[0] if flip_agreement else None
+        if self._top is not None and levels is not None:
+            images, firsts = [prepared.image], [levels]
+            if mirrored is not None:
+                images.append(np.ascontiguousarray(prepared.image[:, ::-1]))
+                firsts.append(native_levels(own[1], mirrored))
+            refined = second_pass(self._top.probabilities, images, firsts)
+            if refined[0] is not None:
+                levels, t1_probability = refined[0]
+                labels = spine_labels(levels)
+                t1 = labels == int(SpineClass.T1)
+                conf[t1] = t1_probability[t1]  # refined T1 pixels: the second pass's confidence
+            if mirrored is not None and refined[1] is not None:
+                mirrored = spine_labels(refined[1][0])
+        flipped = mirrored[:, ::-1] if mirrored is not None else None
+        classes = class_stats(labels, conf, spacing_mm, flipped)
         quality = assess(labels, classes, self.thresholds)
         measured = None
         if levels is not None and quality.reliable:  # only what this model is validated to measure

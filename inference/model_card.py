@@ -1,31 +1,25 @@
 """Model cards (``models/<name>/model.json``) and the models directory.
 
-The models directory is ``models/`` of the project unless ``SPINENODE_MODELS_DIR`` names another.
+The models directory is ``models/`` of the project unless the caller names another
+(``InferenceSettings.models_dir``, from ``$SPINENODE_MODELS_DIR`` at the command line).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inference.classes import CLASS_NAMES
+from inference.settings import PROJECT_MODELS_DIR
 
-MODELS_DIR_ENV = "SPINENODE_MODELS_DIR"
-PROJECT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 PREPROCESSING = "grey in [0,1] (DICOM: modality LUT, VOI window, MONOCHROME1 inverted), area resize, grey x3"
 DEMO_DISCLAIMER = "Trained on synthetic phantoms only. NOT FOR DIAGNOSTIC USE."
 RESEARCH_DISCLAIMER = "Research model, trained on real radiographs (SpineWeb dataset 16). NOT FOR DIAGNOSTIC USE."
-
-
-def models_dir() -> Path:
-    """Where models live: ``$SPINENODE_MODELS_DIR`` or the project's ``models/``."""
-    return Path(os.environ.get(MODELS_DIR_ENV) or PROJECT_MODELS_DIR)
 
 
 @dataclass
@@ -45,7 +39,9 @@ class ModelCard:
     cpu_forward_ms: float | None = None
     logit_offsets: list[float] | None = None  # per-class offsets added to logits (post-hoc calibration)
     quality_thresholds: dict[str, float] | None = None  # inference.quality.QualityThresholds fitted on validation
+    top_pass: str | None = None  # name of the T1 second pass (inference.top_pass) this model's output goes through
     notes: str = ""
+    role: str = "segmentation"  # SEGMENTATION_ROLE, or "t1-refiner": a second pass, not selectable
     directory: Path | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -94,17 +90,25 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def list_cards(root: Path | None = None) -> list[ModelCard]:
-    root = root or models_dir()
+SEGMENTATION_ROLE = "segmentation"
+
+
+def list_cards(root: Path | None = None, parts: bool = False) -> list[ModelCard]:
+    """The segmentation models in ``root`` (with ``parts``, also the second passes they use)."""
+    root = root or PROJECT_MODELS_DIR
     if not root.is_dir():
         return []
-    return [ModelCard.load(p) for p in sorted(root.iterdir()) if (p / CARD_FILE).is_file()]
+    cards = [ModelCard.load(p) for p in sorted(root.iterdir()) if (p / CARD_FILE).is_file()]
+    return [c for c in cards if parts or c.role == SEGMENTATION_ROLE]
 
 
-def find_card(name: str, root: Path | None = None) -> ModelCard:
-    root = root or models_dir()
+def find_card(name: str, root: Path | None = None, part: bool = False) -> ModelCard:
+    """The segmentation model ``name`` (with ``part``, a second pass); KeyError when there is none."""
+    root = root or PROJECT_MODELS_DIR
     directory = root / name
-    if not (directory / CARD_FILE).is_file():
+    card = ModelCard.load(directory) if (directory / CARD_FILE).is_file() else None
+    if card is None or (card.role != SEGMENTATION_ROLE and not part):
         known = ", ".join(c.name for c in list_cards(root)) or "none"
-        raise KeyError(f"no model {name!r} in {root} (available: {known})")
-    return ModelCard.load(directory)
+        what = f"{name!r} is a {card.role} pass, not a segmentation model" if card else f"no model {name!r}"
+        raise KeyError(f"{what} in {root} (available: {known})")
+    return card

@@ -1,7 +1,7 @@
 """Production inference on ONNX Runtime, exported from the PyTorch model at load time and checked.
 
 A model card's torch module is exported to ONNX (opset ``OPSET``, dynamic batch axis) into a cache
-directory - ``$SPINENODE_CACHE_DIR``, else ``~/.cache/spinenode/onnx`` - as
+directory (``InferenceSettings.cache_dir``, default ``~/.cache/spinenode/onnx``) as
 ``<name>-<sha256 prefix>.onnx``, where the hash covers the weights, the architecture, the input size
 and the exporter's versions. Before first use the export is checked numerically against torch on a few
 phantoms (and their mirror images, as the engine runs them): the largest absolute logit difference and
@@ -12,7 +12,8 @@ from the weights file's SHA-256 and the versions of the packages, so a node whos
 ONNX Runtime alone (hundreds of MB less memory, seconds less start-up).
 
 When the export, the check or the session fails, the engine stays on torch; the reason is logged as a
-warning and kept in the engine's ``runtime_info``. ``$SPINENODE_RUNTIME=torch`` selects torch outright.
+warning and kept in the engine's ``runtime_info``. The runtime ``torch`` (``InferenceSettings.runtime``)
+selects torch outright.
 """
 
 from __future__ import annotations
@@ -34,39 +35,19 @@ import numpy as np
 
 from inference.model_card import ModelCard, sha256_of
 from inference.preprocess import to_model_input
+from inference.settings import DEFAULT_CACHE_DIR
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-RUNTIME_ENV = "SPINENODE_RUNTIME"  # "onnx" (default) or "torch"
-RUNTIMES = ("onnx", "torch")
-DEFAULT_RUNTIME = "onnx"
-CACHE_ENV = "SPINENODE_CACHE_DIR"
-DEFAULT_CACHE_DIR = Path("~/.cache/spinenode/onnx")
 OPSET = 17
 INTRA_OP_THREADS = 2  # a 2-core machine: both cores for one forward pass, passes one after another
 CHECK_SEEDS = (910000, 910001, 910002)  # phantoms of the numerical check (never used in training)
 CHECK_HEIGHT = 768
 MAX_ABS_LOGIT_DIFF = 1e-2
 MIN_ARGMAX_AGREEMENT = 0.999
-
-
-class RuntimeSelectionError(ValueError):
-    """An unknown runtime name."""
-
-
-def default_runtime() -> str:
-    """``$SPINENODE_RUNTIME`` or ``onnx``."""
-    name = (os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME).strip().lower()
-    if name not in RUNTIMES:
-        raise RuntimeSelectionError(f"{RUNTIME_ENV}={name!r}: choose one of {', '.join(RUNTIMES)}")
-    return name
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
 @dataclass
@@ -173,8 +154,10 @@ class OnnxRunner:
         return self.session.run(None, {"image": batch})[0]
 
 
-def prepare_onnx(card: ModelCard, module: Callable[[], torch.nn.Module]) -> tuple[OnnxRunner | None, dict[str, Any]]:
-    """The checked ONNX Runtime session for ``card`` (taken from the cache, or exported from the torch
+def prepare_onnx(
+    card: ModelCard, module: Callable[[], torch.nn.Module], cache_dir: Path = DEFAULT_CACHE_DIR
+) -> tuple[OnnxRunner | None, dict[str, Any]]:
+    """The checked ONNX Runtime session for ``card`` (taken from ``cache_dir``, or exported from the torch
     module that ``module()`` loads - only then), and what happened.
 
     Returns ``(None, info)`` with ``info["fallback_reason"]`` when torch must be used instead.
@@ -182,7 +165,7 @@ def prepare_onnx(card: ModelCard, module: Callable[[], torch.nn.Module]) -> tupl
     info: dict[str, Any] = {"runtime": "torch", "requested": "onnx"}
     try:
         key = _cache_key(card)
-        directory = cache_dir()
+        directory = cache_dir.expanduser()
         path = directory / f"{card.name}-{key}.onnx"
         check_path = path.with_suffix(".check.json")
         info.update({"onnx_path": str(path), "cache_hit": False})
@@ -223,14 +206,4 @@ def prepare_onnx(card: ModelCard, module: Callable[[], torch.nn.Module]) -> tupl
         return None, info
 
 
-__all__ = [
-    "CACHE_ENV",
-    "RUNTIMES",
-    "RUNTIME_ENV",
-    "OnnxCheck",
-    "OnnxRunner",
-    "RuntimeSelectionError",
-    "cache_dir",
-    "default_runtime",
-    "prepare_onnx",
-]
+__all__ = ["OnnxCheck", "OnnxRunner", "prepare_onnx"]

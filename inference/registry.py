@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inference.model_card import find_card, list_cards
+from inference.settings import DEFAULT_CACHE_DIR, DEFAULT_RUNTIME, PROJECT_MODELS_DIR, InferenceSettings
 
 if TYPE_CHECKING:
     from inference.engine import Engine
@@ -16,11 +17,21 @@ log = logging.getLogger(__name__)
 
 
 class ModelRegistry:
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root
+    """The models of one directory, each run on ``runtime`` with exports cached in ``cache_dir``."""
+
+    def __init__(
+        self, root: Path | None = None, runtime: str = DEFAULT_RUNTIME, cache_dir: Path = DEFAULT_CACHE_DIR
+    ) -> None:
+        self.root = root or PROJECT_MODELS_DIR
+        self.runtime = runtime
+        self.cache_dir = cache_dir
         self._engines: dict[str, Engine] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: InferenceSettings) -> ModelRegistry:
+        return cls(settings.models_dir, settings.runtime, settings.cache_dir)
 
     def get(self, name: str) -> Engine:
         """The engine for ``name``; raises KeyError (unknown model) or the load error."""
@@ -31,7 +42,7 @@ class ModelRegistry:
                     # PyTorch is imported here, on first use (seconds): the node listens before that
                     from inference.engine import Engine
 
-                    engine = Engine(find_card(name, self.root))
+                    engine = Engine(find_card(name, self.root), runtime=self.runtime, cache_dir=self.cache_dir)
                 except Exception as exc:
                     self._errors[name] = f"{type(exc).__name__}: {exc}"
                     raise

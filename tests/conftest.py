@@ -19,6 +19,8 @@ from dicom_node.testing.peers import StoreSCP, free_port, storescu, wait_port, w
 from inference.architectures import build_model
 from inference.model_card import WEIGHTS_FILE, ModelCard, sha256_of
 from inference.quality import QualityThresholds
+from inference.registry import ModelRegistry
+from inference.settings import InferenceSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
@@ -97,6 +99,12 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ONNX export cache for the test session (each model is exported and checked once)."""
     return tmp_path_factory.mktemp("onnx-cache")
+
+
+def session_models() -> ModelRegistry:
+    """A registry of the test session's models and ONNX cache, read from the environment the autouse
+    fixture below sets - as the command line reads it (subprocess nodes get the same from it)."""
+    return ModelRegistry.from_settings(InferenceSettings.from_environment(os.environ))
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, TINY_MODEL, require_tool
+from tests.conftest import PROJECT, TINY_MODEL, require_tool, session_models
 
 FIGURES = (
     "sgemm_gflops",
@@ -68,7 +68,9 @@ def test_models_load_and_warm_up_in_the_background(tmp_path: Path) -> None:
     from dicom_node.roles.node import Node
     from tests.conftest import free_port
 
-    node = Node.compose(NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL))
+    node = Node.compose(
+        NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL), session_models()
+    )
     node.start()  # returns (and accepts associations) while the model loads
     try:
         assert node.warmup is not None and node.receiver.accepting
@@ -77,7 +79,9 @@ def test_models_load_and_warm_up_in_the_background(tmp_path: Path) -> None:
         assert status["loaded"] and status["runtime"] == "onnx" and status["onnx_check"]["passed"]
     finally:
         node.stop()
-    unknown = Node.compose(NodeConfig(data_dir=tmp_path / "var2", port=free_port(), model="no-such-model"))
+    unknown = Node.compose(
+        NodeConfig(data_dir=tmp_path / "var2", port=free_port(), model="no-such-model"), session_models()
+    )
     with pytest.raises(KeyError):
         unknown.start()
     unknown.db.dispose()

@@ -39,7 +39,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.dimse.scp import ACCEPTED_SOP_CLASSES
 from dicom_node.dimse.status import StoreStatus
 from dicom_node.roles.node import Node
-from tests.conftest import SHARED, TINY_MODEL, free_port
+from tests.conftest import SHARED, TINY_MODEL, free_port, session_models
 from tests.dciodvfy import dciodvfy_errors
 
 CORPUS = SHARED / "dicom-corpus"
@@ -159,7 +159,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, models_root: Path) -> Iterato
         bind=LOOPBACK,
         model=TINY_MODEL,  # no destination: the outputs stay in the data directory
     )
-    n = Node.compose(config)
+    n = Node.compose(config, session_models())
     n.start()
     yield n
     n.stop()

@@ -27,7 +27,7 @@ from dicom_node.roles.node import Node
 from dicom_node.storage import Storage
 from inference.phantom import make_phantom
 from inference.phantom_dicom import phantom_to_dataset
-from tests.conftest import TINY_MODEL, free_port, storescu
+from tests.conftest import TINY_MODEL, free_port, session_models, storescu
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -172,7 +172,7 @@ def test_node_refuses_what_does_not_decode_in_time_and_carries_on(
     tmp_path: Path, compressed: dict[str, Path], phantom_files: list[Path], models_root: Path
 ) -> None:
     cfg = NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL)
-    node = Node.compose(replace(cfg, decode_timeout_s=0.0))
+    node = Node.compose(replace(cfg, decode_timeout_s=0.0), session_models())
     node.start()
     try:
         proc = storescu(node.port, compressed[RLELossless.name], extra=("-xr",))  # propose RLE
@@ -182,7 +182,9 @@ def test_node_refuses_what_does_not_decode_in_time_and_carries_on(
         assert storescu(node.port, phantom_files[0]).returncode == 0  # uncompressed: still accepted
     finally:
         node.stop()
-    node = Node.compose(replace(cfg, data_dir=tmp_path / "var2"))  # the default limit: it goes through
+    node = Node.compose(
+        replace(cfg, data_dir=tmp_path / "var2"), session_models()
+    )  # the default limit: it goes through
     node.start()
     try:
         assert storescu(node.port, compressed[RLELossless.name], extra=("-xr",)).returncode == 0
@@ -193,15 +195,14 @@ def test_node_refuses_what_does_not_decode_in_time_and_carries_on(
 
 def test_uploads_use_the_time_limited_decoder(tmp_path: Path, compressed: dict[str, Path], models_root: Path) -> None:
     from dicom_node.http.uploads import SegmentRequest, UploadError, segment_upload
-    from inference.registry import ModelRegistry
 
     request = SegmentRequest(compressed[RLELossless.name].read_bytes(), "rle.dcm", TINY_MODEL)
     slow, normal = Decoder(timeout_s=0.0), Decoder(timeout_s=30)
     try:
         with pytest.raises(UploadError) as info:
-            segment_upload(request, tmp_path, ModelRegistry(), 80_000_000, False, slow.decode)
+            segment_upload(request, tmp_path, session_models(), 80_000_000, False, slow.decode)
         assert info.value.status == 400 and "longer than" in info.value.message
-        result = segment_upload(request, tmp_path, ModelRegistry(), 80_000_000, False, normal.decode)
+        result = segment_upload(request, tmp_path, session_models(), 80_000_000, False, normal.decode)
         assert result["input"]["kind"] == "dicom" and result["input"]["rows"] == 512  # decoded by the helper
         assert {"seg", "sr", "sc"} <= result["files"].keys()
     finally:

@@ -19,7 +19,7 @@ from dicom_node.http.auth import SESSION_COOKIE
 from dicom_node.http.passwords import ScryptHash, hash_password, new_token, token_sha256
 from dicom_node.http.server import HttpServer, InsecureServer
 from dicom_node.roles.node import Node
-from tests.conftest import PROJECT, free_port
+from tests.conftest import PROJECT, free_port, session_models
 
 USER, PASSWORD = "reader", "correct horse battery staple"
 TOKEN_NAME = "prometheus"
@@ -41,7 +41,7 @@ def auth_config(data_dir: Path, **extra: object) -> NodeConfig:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, HttpServer]]:
-    node = Node.compose(auth_config(tmp_path_factory.mktemp("auth-var")))
+    node = Node.compose(auth_config(tmp_path_factory.mktemp("auth-var")), session_models())
     node.start(preload=False)
     http = HttpServer(node, LOOPBACK, free_port())
     http.start()
@@ -122,7 +122,9 @@ def test_page_login_sets_a_session_cookie_and_logout_ends_it(server: tuple[Node,
 
 
 def test_a_server_beyond_loopback_needs_credentials(tmp_path: Path) -> None:
-    node = Node.compose(NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind=LOOPBACK, workers=0))
+    node = Node.compose(
+        NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind=LOOPBACK, workers=0), session_models()
+    )
     try:
         with pytest.raises(InsecureServer, match="without authentication"):
             HttpServer(node, "0.0.0.0", free_port())
@@ -136,7 +138,7 @@ def test_a_server_beyond_loopback_needs_credentials(tmp_path: Path) -> None:
 
 
 def test_a_server_beyond_loopback_with_credentials_serves(tmp_path: Path) -> None:
-    node = Node.compose(auth_config(tmp_path / "var"))
+    node = Node.compose(auth_config(tmp_path / "var"), session_models())
     node.start(preload=False)
     http = HttpServer(node, "0.0.0.0", free_port())
     http.start()

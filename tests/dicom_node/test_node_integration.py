@@ -26,7 +26,16 @@ from dicom_node.config import DEFAULT_MODEL, Destination, NodeConfig
 from dicom_node.roles.node import Node
 from dicom_node.writers import uids
 from inference.metrics import overlap
-from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu, wait_port, wait_until
+from tests.conftest import (
+    TINY_MODEL,
+    StoreSCP,
+    free_port,
+    require_tool,
+    session_models,
+    storescu,
+    wait_port,
+    wait_until,
+)
 from tests.dciodvfy import dciodvfy_errors
 from tests.radiographs import SHARED_DATA, validation_radiographs
 
@@ -49,7 +58,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: 
         destinations=(Destination.parse(dest.destination),),
         allowed_calling_aes=("STORESCU", "ECHOSCU"),
     )
-    n = Node.compose(cfg)
+    n = Node.compose(cfg, session_models())
     n.start()
     yield n
     n.stop()
@@ -194,7 +203,7 @@ def test_delivery_outage_is_retried_then_succeeds(tmp_path: Path, phantom_files:
         retry_initial_s=0.5,
         retry_max_s=1.0,
     )
-    n = Node.compose(cfg)
+    n = Node.compose(cfg, session_models())
     n.start()
     try:
         assert storescu(n.port, phantom_files[0]).returncode == 0
@@ -235,14 +244,14 @@ def _storescp_on(folder: Path, ae: str, port: int) -> StoreSCP:
 
 def test_restart_runs_jobs_left_running(tmp_path: Path, phantom_files: list[Path]) -> None:
     cfg = NodeConfig(data_dir=tmp_path / "var", port=free_port(), bind="127.0.0.1", model=TINY_MODEL, workers=0)
-    n = Node.compose(cfg)
+    n = Node.compose(cfg, session_models())
     n.start(preload=False)
     assert storescu(n.port, phantom_files[0]).returncode == 0
     claimed = n.queue.claim()  # as if a worker took it and the process died
     assert claimed is not None
     job_id = claimed[0]
     n.stop()
-    n2 = Node.compose(replace(cfg, workers=1, port=free_port()))
+    n2 = Node.compose(replace(cfg, workers=1, port=free_port()), session_models())
     n2.start()
     try:
         wait_until(lambda: n2.health()["queue"] == {"pending": 0, "running": 0, "failed": 0})

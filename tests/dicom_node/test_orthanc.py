@@ -25,7 +25,7 @@ from sqlalchemy import select
 from dicom_node.audit.records import DeliveryState, InstanceRecord, JobRecord, JobState
 from dicom_node.config import Destination, NodeConfig
 from dicom_node.roles.node import Node
-from tests.conftest import PROJECT, TINY_MODEL, free_port, require_tool, storescu, wait_until
+from tests.conftest import PROJECT, TINY_MODEL, free_port, require_tool, session_models, storescu, wait_until
 from tests.orthanc import DICOMWEB_ROOT, ORTHANC_AE, Modality, OrthancServer
 
 pytestmark = pytest.mark.slow  # a real Orthanc
@@ -69,7 +69,9 @@ def orthanc_dicom_port() -> int:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, models_root: Path, orthanc_dicom_port: int) -> Iterator[Node]:
     os.environ["SPINENODE_MODELS_DIR"] = str(models_root)
-    n = Node.compose(_node_config(tmp_path_factory.mktemp("node-var"), free_port(), orthanc_dicom_port))
+    n = Node.compose(
+        _node_config(tmp_path_factory.mktemp("node-var"), free_port(), orthanc_dicom_port), session_models()
+    )
     n.start()
     yield n
     n.stop()
@@ -175,7 +177,7 @@ def test_rest_store_job_fails_while_node_down_then_resubmitted(
     assert failed["State"] == "Failure", failed  # the node is down: Orthanc records the failed job
     assert failed["ErrorCode"] != 0 and failed["ErrorDescription"]
 
-    late = Node.compose(_node_config(tmp_path / "late-var", late_port, orthanc.dicom_port))
+    late = Node.compose(_node_config(tmp_path / "late-var", late_port, orthanc.dicom_port), session_models())
     late.start()
     try:
         orthanc.post(f"/jobs/{created['ID']}/resubmit")

@@ -45,7 +45,7 @@ from dicom_node.storage import dataset_bytes
 from dicom_node.writers.evaluation_sr import DICE, INTERSECTION_PIXELS, JACCARD, PREDICTED_PIXELS, REFERENCE_PIXELS
 from dicom_node.writers.seg import SPINE_SEGMENT, T1_SEGMENT
 from inference.phantom import make_phantom
-from tests.conftest import StoreSCP, free_port, make_tiny_model, storescu, wait_until
+from tests.conftest import StoreSCP, free_port, make_tiny_model, session_models, storescu, wait_until
 from tests.dciodvfy import dciodvfy_errors
 
 pytestmark = pytest.mark.slow  # a node with dcmtk peers
@@ -233,7 +233,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: 
         model=TINY_MODEL,
         destinations=(Destination.parse(dest.destination),),
     )
-    n = Node.compose(cfg)
+    n = Node.compose(cfg, session_models())
     n.start()
     yield n
     n.stop()

@@ -13,7 +13,7 @@ from pydicom import dcmread
 from bench import reliability
 from dicom_node.config import Destination, NodeConfig
 from dicom_node.roles.node import Node
-from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, storescu
+from tests.conftest import TINY_MODEL, StoreSCP, free_port, require_tool, session_models, storescu
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_logs_never_carry_patient_identity(
         destinations=(Destination.parse(storescp.destination),),
     )
     caplog.set_level(logging.DEBUG)
-    node = Node.compose(cfg)
+    node = Node.compose(cfg, session_models())
     node.start()
     try:
         sent = storescu(node.port, good, bad)

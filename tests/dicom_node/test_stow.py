@@ -36,7 +36,7 @@ from dicom_node.http.passwords import new_token, token_sha256
 from dicom_node.http.server import HttpServer
 from dicom_node.roles.node import Node
 from dicom_node.storage import dataset_bytes
-from tests.conftest import free_port, require_tool
+from tests.conftest import free_port, require_tool, session_models
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def _node(data_dir: Path, **extra: object) -> Node:
         http_tokens=(HttpToken(TOKEN_NAME, token_sha256(TOKEN)),),
         **extra,  # type: ignore[arg-type]
     )
-    node = Node.compose(config)
+    node = Node.compose(config, session_models())
     node.start(preload=False)
     return node
 

@@ -38,7 +38,7 @@ from dicom_node.http.server import HttpServer
 from dicom_node.roles.node import Node
 from dicom_node.storage import dataset_bytes
 from inference.registry import ModelRegistry
-from tests.conftest import TINY_MODEL, free_port, wait_until
+from tests.conftest import TINY_MODEL, free_port, session_models, wait_until
 from tests.orthanc import DICOMWEB_ROOT, OrthancServer
 
 pytestmark = pytest.mark.slow
@@ -194,7 +194,7 @@ def test_orthanc_refuses_stow_without_the_right_password(orthanc: OrthancServer,
 def test_wrong_credentials_fail_the_delivery_at_once_with_the_reason(
     orthanc: OrthancServer, phantom_files: list[Path], tmp_path: Path
 ) -> None:
-    n = Node.compose(node_config(tmp_path / "var", orthanc, password="wrong"))
+    n = Node.compose(node_config(tmp_path / "var", orthanc, password="wrong"), session_models())
     n.start()
     try:
         receive(n, phantom_files[2])
@@ -221,7 +221,7 @@ def test_outage_and_restart_in_the_middle_only_delay_the_deliveries(
     source = phantom_files[1]
     study_uid = str(dcmread(source).StudyInstanceUID)
     orthanc.stop()  # the destination is down
-    first = Node.compose(config)
+    first = Node.compose(config, session_models())
     first.start()
     try:
         receive(first, source)
@@ -237,7 +237,7 @@ def test_outage_and_restart_in_the_middle_only_delay_the_deliveries(
 
     orthanc.start()
     orthanc.upload(source)  # the radiograph itself, for the study check below
-    second = Node.compose(replace(config, port=free_port()))
+    second = Node.compose(replace(config, port=free_port()), session_models())
     second.start()
     try:
         wait_until(

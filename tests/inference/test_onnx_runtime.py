@@ -13,6 +13,8 @@ from inference import onnx_runtime
 from inference.engine import Engine
 from inference.model_card import ModelCard, find_card
 from inference.preprocess import PreparedImage, from_dataset
+from inference.registry import ModelRegistry
+from inference.settings import InferenceSettings, RuntimeSelectionError
 from tests.conftest import make_tiny_model
 
 
@@ -22,8 +24,10 @@ def busy_card(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
     return make_tiny_model(tmp_path_factory.mktemp("busy-models"), "tiny-busy", architecture="unetplusplus")
 
 
-def test_onnx_engine_agrees_with_torch_and_records_the_check(busy_card: ModelCard, phantom_files: list[Path]) -> None:
-    onnx = Engine(busy_card, runtime="onnx")
+def test_onnx_engine_agrees_with_torch_and_records_the_check(
+    busy_card: ModelCard, phantom_files: list[Path], onnx_cache: Path
+) -> None:
+    onnx = Engine(busy_card, runtime="onnx", cache_dir=onnx_cache)
     torch_engine = Engine(busy_card, runtime="torch")
     assert onnx.runtime == "onnx" and torch_engine.runtime == "torch"
     check = onnx.runtime_info["check"]
@@ -42,8 +46,10 @@ def test_onnx_engine_agrees_with_torch_and_records_the_check(busy_card: ModelCar
             assert abs(a.classes[name].pixels - stats.pixels) <= 0.001 * b.labels.size
 
 
-def test_second_load_reuses_the_cached_export(busy_card: ModelCard, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = Engine(busy_card, runtime="onnx")  # exported by the test above or now
+def test_second_load_reuses_the_cached_export(
+    busy_card: ModelCard, monkeypatch: pytest.MonkeyPatch, onnx_cache: Path
+) -> None:
+    first = Engine(busy_card, runtime="onnx", cache_dir=onnx_cache)  # exported by the test above or now
     path = Path(first.runtime_info["onnx_path"])
     mtime = path.stat().st_mtime_ns
 
@@ -55,7 +61,7 @@ def test_second_load_reuses_the_cached_export(busy_card: ModelCard, monkeypatch:
 
     monkeypatch.setattr(onnx_runtime, "export_onnx", no_export)
     monkeypatch.setattr("inference.engine.load_module", no_torch_model)  # served without PyTorch
-    again = Engine(busy_card, runtime="onnx")
+    again = Engine(busy_card, runtime="onnx", cache_dir=onnx_cache)
     assert again.runtime == "onnx" and again.runtime_info["cache_hit"] is True
     assert again.predict(PreparedImage(np.random.default_rng(0).random((64, 32), dtype=np.float32))).labels.shape
     assert path.stat().st_mtime_ns == mtime
@@ -65,13 +71,11 @@ def test_second_load_reuses_the_cached_export(busy_card: ModelCard, monkeypatch:
 def test_export_failure_falls_back_to_torch(
     busy_card: ModelCard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("SPINENODE_CACHE_DIR", str(tmp_path / "empty-cache"))
-
     def broken(*_: object) -> bytes:
         raise RuntimeError("exporter broke")
 
     monkeypatch.setattr(onnx_runtime, "export_onnx", broken)
-    engine = Engine(busy_card)
+    engine = Engine(busy_card, cache_dir=tmp_path / "empty-cache")
     assert engine.runtime == "torch"
     assert "exporter broke" in engine.runtime_info["fallback_reason"]
     assert "falling back to torch" in caplog.text
@@ -80,20 +84,30 @@ def test_export_failure_falls_back_to_torch(
 
 
 def test_failed_check_falls_back(busy_card: ModelCard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SPINENODE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(onnx_runtime, "MAX_ABS_LOGIT_DIFF", -1.0)  # nothing can pass
-    engine = Engine(busy_card)
+    engine = Engine(busy_card, cache_dir=tmp_path / "cache")
     assert engine.runtime == "torch" and "numerical check failed" in engine.runtime_info["fallback_reason"]
-    again = Engine(busy_card)  # the recorded failure is not re-exported, and still falls back
+    again = Engine(
+        busy_card, cache_dir=tmp_path / "cache"
+    )  # the recorded failure is not re-exported, and still falls back
     assert again.runtime == "torch" and "recorded numerical check failed" in again.runtime_info["fallback_reason"]
 
 
-def test_runtime_is_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
-    card = find_card("tiny-test-model")
-    monkeypatch.setenv("SPINENODE_RUNTIME", "torch")
-    assert Engine(card).runtime == "torch"
-    monkeypatch.setenv("SPINENODE_RUNTIME", "tensorflow")
-    with pytest.raises(onnx_runtime.RuntimeSelectionError):
-        Engine(card)
-    monkeypatch.delenv("SPINENODE_RUNTIME")
-    assert Engine(card).runtime == "onnx"
+def test_runtime_is_selectable(models_root: Path, onnx_cache: Path) -> None:
+    card = find_card("tiny-test-model", models_root)
+    assert Engine(card, runtime="torch").runtime == "torch"
+    with pytest.raises(RuntimeSelectionError):
+        Engine(card, runtime="tensorflow")
+    assert Engine(card, cache_dir=onnx_cache).runtime == "onnx"  # the default
+
+
+def test_settings_come_from_the_environment_at_the_entry_point(tmp_path: Path) -> None:
+    settings = InferenceSettings.from_environment(
+        {"SPINENODE_MODELS_DIR": str(tmp_path), "SPINENODE_RUNTIME": " Torch ", "SPINENODE_CACHE_DIR": "~/c"}
+    )
+    assert settings == InferenceSettings(tmp_path, "torch", Path("~/c").expanduser())
+    assert InferenceSettings.from_environment({}) == InferenceSettings()
+    with pytest.raises(RuntimeSelectionError, match="SPINENODE_RUNTIME='tensorflow'"):
+        InferenceSettings.from_environment({"SPINENODE_RUNTIME": "tensorflow"})
+    registry = ModelRegistry.from_settings(settings)
+    assert (registry.root, registry.runtime, registry.cache_dir) == (tmp_path, "torch", settings.cache_dir)

@@ -1,0 +1,157 @@
+"""The top-of-spine pass: T1 found again at higher resolution, in a square window around the first pass's T1.
+
+Why: at the whole-image model's resolution T1 is a few dozen pixels and the first rib, which tells T1
+from C7, is barely visible; most of the first pass's T1 misses on the validation split call C7 (or T2)
+T1. The second pass looks at a window ``WINDOW_WIDTHS`` T1-widths wide around where the first pass put
+T1 (or, without a T1, the top of its column), at ``TOP_INPUT`` pixels: about three times the first
+pass's resolution. Its model predicts three classes in that window (background, T1, the rest of the
+column) and was trained on windows whose centre is displaced by up to ``MAX_SHIFT_SPANS`` vertebrae from
+the true T1, so it has to pick T1 among the vertebrae it sees.
+
+``refine`` then merges: when the second pass finds a T1 (a piece of at least ``MIN_T1_PIXELS`` at
+native size), that piece becomes T1; the first pass's column above it is cervical spine and becomes
+background; the first pass's old T1 below it becomes column; the vertebra levels below are renumbered
+top-down from the new T1 (the first pass's level pieces in order), so the level names follow T1.
+Without a T1 from the second pass the first pass's result stands unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from inference.classes import SpineClass
+from inference.levels import DISC_LABEL, VERTEBRAE, vertebra_label
+
+TOP_INPUT = (256, 256)  # the second pass's model input (H, W)
+WINDOW_WIDTHS = 4.0  # window side in widths of the anchor vertebra
+MAX_SHIFT_SPANS = 1.6  # training windows: centre up to this many vertebra spacings from the true T1
+MIN_ANCHOR_PIXELS = 20  # a first-pass T1 smaller than this is no anchor: the column's top is used
+TOP_ROWS_WIDTHS = 0.7  # without T1: the column's top rows, this many column widths tall, are the anchor
+MIN_T1_PIXELS = 200  # the second pass's T1 must be at least this large at native size to replace the first's
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where a window is centred (native pixels) and how wide the vertebra there is."""
+
+    x: float
+    y: float
+    width: float
+
+
+def anchor_of(levels: np.ndarray) -> Anchor | None:
+    """The first pass's T1 (centre, left-to-right extent), or the top of its column; None without one."""
+    t1 = levels == vertebra_label(0)
+    if int(np.count_nonzero(t1)) >= MIN_ANCHOR_PIXELS:
+        ys, xs = np.nonzero(t1)
+        return Anchor(float(xs.mean()), float(ys.mean()), float(xs.max() - xs.min() + 1))
+    column = levels > 0
+    if int(np.count_nonzero(column)) < MIN_ANCHOR_PIXELS:
+        return None
+    count, comp, stats, _ = cv2.connectedComponentsWithStats(column.astype(np.uint8), connectivity=8)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    top = int(stats[largest, cv2.CC_STAT_TOP])
+    ys, xs = np.nonzero(comp == largest)
+    first = xs[ys == top]
+    row_width = float(max(8, first.max() - first.min() + 1))
+    near = ys <= top + TOP_ROWS_WIDTHS * max(row_width, float(stats[largest, cv2.CC_STAT_WIDTH]) / 2)
+    width = float(xs[near].max() - xs[near].min() + 1)
+    return Anchor(float(xs[near].mean()), float(ys[near].mean()), width)
+
+
+def window_matrix(anchor: Anchor, angle_deg: float = 0.0) -> np.ndarray:
+    """2x3 affine map from native pixels to the second pass's input, centred on ``anchor``."""
+    h, w = TOP_INPUT
+    side = WINDOW_WIDTHS * max(anchor.width, 1.0)
+    scale = min(h, w) / side
+    m = cv2.getRotationMatrix2D((anchor.x, anchor.y), angle_deg, scale)
+    m[0, 2] += w / 2 - anchor.x
+    m[1, 2] += h / 2 - anchor.y
+    return m
+
+
+def window(image: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The second pass's grey input (H, W) float32 cut from a [0, 1] image with ``window_matrix``."""
+    h, w = TOP_INPUT
+    return cv2.warpAffine(image.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    count, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return np.zeros(mask.shape, bool)
+    return comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def renumber(levels: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """Level labels with ``t1`` as T1 and the first pass's other vertebra pieces below it named T2, T3, ...
+    in top-down order (by centre); the column above the new T1 becomes background; vertebra pixels past
+    L5 and the old T1 below the new one keep the column, labelled as disc (no level)."""
+    out = levels.copy()
+    cols = np.nonzero(t1.any(axis=0))[0]
+    top = int(np.nonzero(t1.any(axis=1))[0].min())
+    band = np.zeros(levels.shape, bool)
+    band[:top, max(0, cols.min() - t1.shape[1] // 8) : cols.max() + 1 + t1.shape[1] // 8] = True
+    out[band & (levels > 0)] = 0  # cervical: the column starts at T1
+    old_t1 = (levels == vertebra_label(0)) & ~t1 & ~band
+    out[old_t1] = DISC_LABEL
+    t1_bottom = float(np.nonzero(t1)[0].mean())
+    pieces = []
+    for k in range(1, len(VERTEBRAE)):
+        mine = (out == vertebra_label(k)) & ~t1
+        if np.count_nonzero(mine):
+            pieces.append((float(np.nonzero(mine)[0].mean()), k))
+    out[(out >= vertebra_label(1)) & (out < DISC_LABEL) & ~t1] = DISC_LABEL
+    name = 1
+    for cy, k in sorted(pieces):
+        mine = (levels == vertebra_label(k)) & ~t1 & ~band
+        if cy <= t1_bottom or name >= len(VERTEBRAE):
+            continue  # above the new T1's centre or past L5: column without a level
+        out[mine] = vertebra_label(name)
+        name += 1
+    out[t1] = vertebra_label(0)
+    return out
+
+
+def refine(levels: np.ndarray, t1_probability: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """New level labels and the T1 probability at native size from the second pass's T1 probability
+    (window size), or None (no T1 found there)."""
+    rows, cols = levels.shape
+    inverse = cv2.invertAffineTransform(m)
+    native = cv2.warpAffine(
+        t1_probability.astype(np.float32), inverse, (cols, rows), flags=cv2.INTER_LINEAR, borderValue=0.0
+    )
+    t1 = _largest(native > 0.5)
+    if int(np.count_nonzero(t1)) < MIN_T1_PIXELS:
+        return None
+    return renumber(levels, t1), native
+
+
+def second_pass(
+    probabilities: Callable[[np.ndarray], np.ndarray], images: list[np.ndarray], levels: list[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """``refine`` for each (grey image, first-pass levels), the windows in one batch through
+    ``probabilities`` ((N, 3, H, W) in, (N, 3, H, W) SpineClass-order softmax out)."""
+    anchors = [anchor_of(lv) for lv in levels]
+    todo = [i for i, a in enumerate(anchors) if a is not None]
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(images)
+    if not todo:
+        return out
+    matrices = {i: window_matrix(a) for i, a in enumerate(anchors) if a is not None}
+    batch = np.stack([np.repeat(window(images[i], matrices[i])[None], 3, axis=0) for i in todo])
+    probs = probabilities(np.ascontiguousarray(batch))
+    for j, i in enumerate(todo):
+        out[i] = refine(levels[i], probs[j, int(SpineClass.T1)], matrices[i])
+    return out
+
+
+def spine_labels(levels: np.ndarray) -> np.ndarray:
+    """F/V/T1 labels of refined level labels."""
+    labels = np.full(levels.shape, int(SpineClass.F), np.uint8)
+    labels[levels > 0] = int(SpineClass.V)
+    labels[levels == vertebra_label(0)] = int(SpineClass.T1)
+    return labels
