@@ -57,6 +57,7 @@ DEFAULT_HTTP_PORT = 0  # 0: no HTTP server (`make run` and --http-port turn it o
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
 LEASE_S = 30.0  # a claimed job/delivery whose worker sent no heartbeat for this long is reclaimed
+COMMITMENT_TIMEOUT_S = 600.0  # a storage commitment request unanswered this long is sent again
 KEEP_OPEN_S = 5.0  # an association to a destination is released after this long unused (0: per pass)
 # [retention]: the data directory is not an archive (dicom_node.retention.prune)
 RETENTION_INSTANCES_DAYS = 30.0  # a received image stays this long after all its outputs were delivered
@@ -166,6 +167,10 @@ class NodeConfig:
     tls_ca: Path | None = None  # CA bundle (PEM) for peers' certificates: clients', TLS destinations'
     tls_require_client_cert: bool = False  # mutual TLS: clients must present a certificate of tls_ca
     tls_destinations: tuple[str, ...] = ()  # AE@HOST:PORT of the destinations reached over TLS
+    # [commitment]: AE@HOST:PORT of the destinations whose deliveries count only once committed (Storage
+    # Commitment Push Model, dicom_node.delivery.commitment), and how long a request waits for its report
+    commitment_destinations: tuple[str, ...] = ()
+    commitment_timeout_s: float = COMMITMENT_TIMEOUT_S
     # [database]: None = SQLite file in data_dir; postgresql+psycopg://... to scale out (dicom_node.audit.database)
     db_url: str | None = None
     lease_s: float = LEASE_S  # job and delivery leases (heartbeat every third of it)
@@ -307,6 +312,12 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     unknown_tls = set(tls) - {"cert", "key", "ca", "require_client_cert", "destinations"}
     if unknown_tls:
         raise ConfigError(f"unknown [tls] keys: {', '.join(sorted(unknown_tls))}")
+    commitment = check_keys(raw.get("commitment", {}), {"destinations", "timeout_s"}, "[commitment]")
+    if "destinations" in commitment:
+        named = _strings(commitment, "destinations", "[commitment]")
+        out["commitment_destinations"] = tuple(str(Destination.parse(d)) for d in named)
+    if "timeout_s" in commitment:
+        out["commitment_timeout_s"] = commitment["timeout_s"]
     out |= _http_from_toml(raw.get("http", {}))
     dicomweb = check_keys(raw.get("dicomweb", {}), {"destinations"}, "[dicomweb]")
     stow = typed(dicomweb, "destinations", list, "[dicomweb]", [])
@@ -413,6 +424,7 @@ SOURCE_OF: dict[str, str] = {
     "retention_outputs_days": "[retention] outputs_days",
     "retention_interval_min": "[retention] interval_min",
     "warn_free_disk_mb": "[retention] warn_free_disk_mb",
+    "commitment_timeout_s": "[commitment] timeout_s",
 }
 _SCALARS = (bool, int, float, str, Path)
 
@@ -465,6 +477,8 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
             f"default_character_set {cfg.default_character_set!r} is not a DICOM character set "
             '(a defined term of Specific Character Set, e.g. "ISO_IR 100" for Latin-1, "ISO_IR 192" for UTF-8)'
         )
+    if cfg.commitment_timeout_s <= 0:
+        raise ConfigError("[commitment] timeout_s must be more than 0")
     if min(cfg.retention_instances_days, cfg.retention_outputs_days) < 0 or cfg.retention_interval_min <= 0:
         raise ConfigError("[retention]: need instances_days >= 0, outputs_days >= 0 and interval_min > 0")
     if cfg.warn_free_disk_mb < cfg.min_free_disk_mb:

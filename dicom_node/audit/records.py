@@ -50,6 +50,7 @@ class JobState(enum.StrEnum):
 
 class DeliveryState(enum.StrEnum):
     PENDING = "pending"
+    COMMITTING = "committing"  # stored; the destination's storage commitment report is awaited
     DELIVERED = "delivered"
     FAILED = "failed"
 
@@ -180,6 +181,11 @@ class DeliveryRecord(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(300))  # host:pid of the sender sending it
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # storage commitment (dicom_node.delivery.commitment): the open request's transaction, when, how many
+    commit_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    commit_requested_at: Mapped[datetime | None] = mapped_column(DateTime)
+    commit_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime)
     output: Mapped[OutputRecord] = relationship(back_populates="deliveries")
     attempt_log: Mapped[list[DeliveryAttempt]] = relationship(order_by="DeliveryAttempt.id")
 

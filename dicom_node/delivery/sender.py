@@ -21,6 +21,7 @@ from sqlalchemy import or_, select, update
 from dicom_node.audit.records import AuditDB, DeliveryAttempt, DeliveryRecord, DeliveryState, OutputRecord, utcnow
 from dicom_node.config import Destination, NodeConfig, StowDestination, parse_destination
 from dicom_node.delivery.associations import Connections
+from dicom_node.delivery.commitment import Committer
 from dicom_node.dicomweb.client import Outcome, StowClient
 from dicom_node.dimse import tls
 from dicom_node.dimse.status import is_delivered
@@ -46,6 +47,7 @@ class Sender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connections = Connections(config.ae_title, config.dimse_timeout_s, config.keep_open_s)
+        self.committer = Committer(config, db, self.identity)  # storage commitment, where a destination asks
         self.stow = StowClient()
 
     def notify(self) -> None:
@@ -68,6 +70,8 @@ class Sender:
         while not self._stop.is_set():
             try:
                 did = self.run_once()
+                if self.config.commitment_destinations:
+                    did += self.committer.run_once()
             except Exception:  # never let the sender die; the next pass retries
                 log.exception("delivery pass failed")
                 did = 0
@@ -140,7 +144,11 @@ class Sender:
                 d.lease_owner = d.lease_expires_at = None
                 d.attempts += 1
                 d.last_status, d.last_error = status, error
-                if status is not None and is_delivered(status):
+                if status is not None and is_delivered(status) and dest_spec in self.config.commitment_destinations:
+                    d.state, d.commit_uid = DeliveryState.COMMITTING, None  # stored; commitment requested next
+                    d.next_attempt_at = utcnow()
+                    self.notify()
+                elif status is not None and is_delivered(status):
                     d.state = DeliveryState.DELIVERED
                     d.delivered_at = utcnow()
                 elif outcome.permanent or d.attempts >= self.config.retry_max_attempts:

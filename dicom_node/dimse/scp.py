@@ -12,6 +12,7 @@ refusal is written to the audit database with its reason.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from pydicom.uid import (
 )
 from pydicom.uid import JPEGLossless as JPEGLosslessP14
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -49,6 +50,7 @@ from dicom_node.audit.records import (
     utcnow,
 )
 from dicom_node.config import NodeConfig
+from dicom_node.delivery import commitment
 from dicom_node.delivery.associations import no_delay
 from dicom_node.dimse import tls
 from dicom_node.dimse.decoded import DecodedCache
@@ -150,6 +152,8 @@ class Receiver:
         if self.config.allowed_calling_aes:
             ae.require_calling_aet = list(self.config.allowed_calling_aes)
         ae.add_supported_context(Verification)
+        # storage commitment reports from destinations (N-EVENT-REPORT, the peer acting as SCP of the class)
+        ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         for uid in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES))
         for uid in intake.REFERENCE_SOP_CLASSES:
@@ -162,6 +166,7 @@ class Receiver:
             (evt.EVT_CONN_OPEN, no_delay),  # responses go out at once (no Nagle wait)
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_N_EVENT_REPORT, functools.partial(commitment.on_report, self.config, self.db)),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_ended),

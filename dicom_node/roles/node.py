@@ -173,6 +173,7 @@ class Node:
             }
             deliveries = {
                 "pending": count(DeliveryRecord, DeliveryRecord.state == DeliveryState.PENDING),
+                "committing": count(DeliveryRecord, DeliveryRecord.state == DeliveryState.COMMITTING),
                 "failed": count(DeliveryRecord, DeliveryRecord.state == DeliveryState.FAILED),
             }
             reference_segs = {

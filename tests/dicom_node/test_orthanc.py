@@ -131,7 +131,7 @@ def node_instances(node: Node, study_uid: str) -> list[InstanceRecord]:
 
 
 def all_delivered(node: Node) -> bool:
-    return node.health()["deliveries"] == {"pending": 0, "failed": 0}
+    return node.health()["deliveries"] == {"pending": 0, "committing": 0, "failed": 0}
 
 
 def test_orthanc_checks_the_called_ae(orthanc: OrthancServer) -> None:
