@@ -1,11 +1,15 @@
 """Spine measurements from a level segmentation: vertebra corners, Cobb angles and T1 tilt.
 
-Each vertebra (T1..L5) found in the level labels is reduced to a quadrilateral: the convex hull of its
-largest connected piece simplified to four corners (the minimum-area rectangle when that fails); the
-longer pair of opposite sides are its endplates (vertebral bodies are
-wider than tall on an AP film), which gives the four corners the challenge's method
-(``inference.cobb``) works on. Cobb angles need every vertebra from T1 to L5: with one missing they are
-not reported (the reason is), never computed from a partial column.
+Each vertebra (T1..L5) found in the level labels is located by the quadrilateral of its largest
+connected piece (its convex hull simplified to four corners, the minimum-area rectangle when that
+fails). A predicted vertebra's outline is too ragged for its own tilt: one vertebra off by 20 degrees
+makes a 20-degree Cobb angle. Its tilt is therefore read off the column instead: the centre line of the
+whole predicted column (V and T1, row by row), smoothed with a Gaussian ``CENTRELINE_SIGMA`` of the
+column's height long; each vertebra's endplates are taken perpendicular to that line at its centre
+(on the validation split this brings the main-curve error from ~35 to ~4 degrees; from the true masks
+it costs ~1 degree). These corners feed the challenge's method (``inference.cobb``). Cobb angles need
+every vertebra from T1 to L5: with one missing they are not reported (the reason is), never computed
+from a partial column. T1's own tilt is its upper side's, from its quadrilateral.
 
 ``reportable`` then keeps only what the model has been shown to measure: Cobb angles when the SMAPE
 recorded on its validation split (``metrics.validation.measurements`` in its card, written by ``spinenode
@@ -30,6 +34,7 @@ from inference.spineweb import reorder_crossed
 MAX_COBB_SMAPE_PERCENT = 12.0  # validated Cobb SMAPE above this: angles withheld
 MAX_T1_TILT_MAE_DEG = 3.0  # validated T1 tilt mean absolute error above this: tilt withheld
 MIN_VERTEBRA_PIXELS = 20  # smaller pieces are not a vertebra
+CENTRELINE_SIGMA = 0.05  # centre-line smoothing, of the column's height (chosen on the training split)
 APPROX_FRACTIONS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16)  # polygon simplification tolerances (of perimeter)
 
 
@@ -116,15 +121,53 @@ def _curve(c: CobbAngle, names: list[str], corners: np.ndarray) -> Curve:
     )
 
 
+def centreline_tilts(levels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Endplate direction (radians, image axes: x right, y down) perpendicular to the smoothed centre line
+    of the column at each of ``centres`` (n, 2)."""
+    column = levels > 0
+    present = np.nonzero(column.any(axis=1))[0]
+    top, bottom = int(present.min()), int(present.max())
+    rows = np.arange(top, bottom + 1)
+    counts = column[top : bottom + 1].sum(axis=1)
+    xs = (column[top : bottom + 1] * np.arange(levels.shape[1])).sum(axis=1) / np.maximum(counts, 1)
+    xs = np.interp(rows, rows[counts > 0], xs[counts > 0])  # rows without column: bridged
+    sigma = max(1.0, CENTRELINE_SIGMA * (bottom - top + 1))
+    radius = int(3 * sigma)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    smooth = np.convolve(np.pad(xs, radius, mode="edge"), kernel / kernel.sum(), mode="valid")
+    slope = np.gradient(smooth)  # dx/dy of the centre line
+    at = np.clip(np.round(centres[:, 1]).astype(int) - top, 0, len(slope) - 1)
+    return -np.arctan(slope[at])  # the endplate (1, -dx/dy) is perpendicular to the axis (dx/dy, 1)
+
+
+def axis_corners(corners: np.ndarray, tilts: np.ndarray) -> np.ndarray:
+    """Each vertebra's corners rebuilt around its centre with its width and height, its endplates at ``tilts``."""
+    centre = corners.mean(axis=1)
+    width = (
+        np.linalg.norm(corners[:, 1] - corners[:, 0], axis=1) / 2
+        + np.linalg.norm(corners[:, 3] - corners[:, 2], axis=1) / 2
+    )
+    height = (
+        np.linalg.norm(corners[:, 2] - corners[:, 0], axis=1) / 2
+        + np.linalg.norm(corners[:, 3] - corners[:, 1], axis=1) / 2
+    )
+    along = np.stack([np.cos(tilts), np.sin(tilts)], axis=1) * (width / 2)[:, None]
+    down = np.stack([-np.sin(tilts), np.cos(tilts)], axis=1) * (height / 2)[:, None]
+    return np.stack(
+        [centre - along - down, centre + along - down, centre - along + down, centre + along + down], axis=1
+    )
+
+
 def measure(levels: np.ndarray) -> Measurements:
     """Vertebrae, Cobb angles and T1 tilt of a level label image (native size)."""
     found = vertebra_corners(levels)
     if not found:
         return Measurements([], [], None, ["no vertebra found"])
     ordered = sorted(found)
-    corners = np.array([found[k] for k in ordered]) if ordered else np.zeros((0, 4, 2))
-    tilts = np.degrees(np.arctan2(-directions(corners)[:, 1], directions(corners)[:, 0])) if ordered else []
-    vertebrae = [Vertebra(VERTEBRAE[k], found[k], float(t)) for k, t in zip(ordered, tilts, strict=True)]
+    quads = np.array([found[k] for k in ordered])
+    corners = axis_corners(quads, centreline_tilts(levels, quads.mean(axis=1)))
+    tilts = np.degrees(np.arctan2(-directions(corners)[:, 1], directions(corners)[:, 0]))
+    vertebrae = [Vertebra(VERTEBRAE[k], c, float(t)) for k, c, t in zip(ordered, corners, tilts, strict=True)]
     notes: list[str] = []
     missing = [VERTEBRAE[k] for k in range(len(VERTEBRAE)) if k not in found]
     cobb: list[Curve] = []

@@ -10,7 +10,7 @@ import pytest
 from inference.augment import Stored, augment
 from inference.cobb import endplate_tilt_deg
 from inference.levels import LEVEL_CLASS_ORDER, NUM_LEVEL_CLASSES, group_probabilities, native_levels
-from inference.measure import measure, reportable
+from inference.measure import axis_corners, centreline_tilts, measure, reportable
 from inference.prediction import SPINE, class_stats
 from inference.quality import QualityFigures, QualityThresholds, assess, judge
 from inference.spineweb import SpineWeb, level_mask
@@ -54,7 +54,8 @@ def test_measurements_from_true_levels_match_the_dataset(record_and_levels: tupl
     assert [v.name for v in m.vertebrae] == list(LEVEL_CLASS_ORDER[1:-1])
     truth = [float(v) for v in list(csv.reader((DATA / "labels" / "angles.csv").open()))[r.index]]
     assert len(m.cobb) == 3
-    assert abs(m.cobb[0].angle_deg - truth[0]) < 4.0  # masks reduced to rectangles: a few degrees at most
+    # tilts from the column's centre line (on the true masks of the validation split: main-curve MAE 5.3 deg)
+    assert abs(m.cobb[0].angle_deg - truth[0]) < 8.0
     assert m.t1_tilt_deg == pytest.approx(endplate_tilt_deg(r.corners[0]), abs=3.0)
     missing = levels.copy()
     missing[missing == 9] = 0  # T9 gone: no Cobb angles, and the reason says so
@@ -105,3 +106,19 @@ def test_measurements_reported_only_as_far_as_the_model_is_validated(record_and_
     assert withheld.vertebrae == m.vertebrae  # the levels stay located
     unknown = reportable(m, {})
     assert unknown.cobb == [] and any("no validation figure recorded" in n for n in unknown.notes)
+
+
+def test_centre_line_tilts_are_perpendicular_to_the_column() -> None:
+    levels = np.zeros((400, 300), np.uint8)
+    angle = np.radians(10.0)  # the column leans: x grows by tan(10 deg) per row
+    for y in range(40, 360):
+        x = int(100 + (y - 40) * np.tan(angle))
+        levels[y, x : x + 40] = 5
+    centres = np.array([[120.0 + (y - 40) * np.tan(angle), float(y)] for y in (100, 200, 300)])
+    tilts = centreline_tilts(levels, centres)
+    np.testing.assert_allclose(tilts, -angle, atol=np.radians(0.5))  # endplates rise to the right by 10 deg
+    quads = np.array([[[0, 0], [40, 0], [0, 20], [40, 20]]] * 3, np.float64) + centres[:, None] - [20, 10]
+    rebuilt = axis_corners(quads, tilts)
+    np.testing.assert_allclose(rebuilt.mean(axis=1), centres)  # same centre, endplates turned
+    direction = rebuilt[:, 1] - rebuilt[:, 0]
+    np.testing.assert_allclose(np.arctan2(direction[:, 1], direction[:, 0]), tilts, atol=1e-9)
