@@ -151,6 +151,7 @@ class NodeConfig:
     dimse_timeout_s: float = DIMSE_TIMEOUT_S
     keep_open_s: float = KEEP_OPEN_S
     flip_agreement: bool = True
+    vertebra_segments: bool = True  # the SEG has a segment per vertebra found (models that predict levels)
     retention_enabled: bool = True
     retention_instances_days: float = RETENTION_INSTANCES_DAYS
     retention_outputs_days: float = RETENTION_OUTPUTS_DAYS
@@ -269,6 +270,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         "dimse_timeout_s",
         "keep_open_s",
         "flip_agreement",
+        "vertebra_segments",
         "default_character_set",
     }
     for key in simple & node.keys():

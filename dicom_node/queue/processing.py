@@ -70,12 +70,14 @@ class Processor:
         flip_agreement: bool = True,
         decoded: DecodedCache | None = None,
         default_character_set: str = DEFAULT_CHARACTER_SET,
+        vertebra_segments: bool = True,
     ) -> None:
         self.db = db
         self.storage = storage
         self.models = models
         self.flip_agreement = flip_agreement
         self.default_character_set = default_character_set
+        self.vertebra_segments = vertebra_segments  # a SEG segment per vertebra, for models with levels
         self.decoded = decoded  # images the receiver of this process decoded already
 
     def segment(self, ds: Dataset, model: str, prepared: PreparedImage | None = None) -> JobResult:
@@ -94,6 +96,7 @@ class Processor:
             display_image=prepared.image,
             default_character_set=self.default_character_set,
             started=started,
+            vertebra_segments=self.vertebra_segments,
         )
         t3 = time.perf_counter()
         # no SEG when the prediction is not reliable: only SR and SC are written and delivered

@@ -106,6 +106,7 @@ class Node:
             flip_agreement=config.flip_agreement,
             decoded=decoded,
             default_character_set=config.default_character_set,
+            vertebra_segments=config.vertebra_segments,
         )
         evaluator = Evaluator(db, storage, models.root, identity, config.lease_s)
         sender = Sender(config, db, identity)

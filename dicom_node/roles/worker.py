@@ -64,6 +64,7 @@ class WorkerNode:
             models,
             flip_agreement=config.flip_agreement,
             default_character_set=config.default_character_set,
+            vertebra_segments=config.vertebra_segments,
         )
         evaluator = Evaluator(db, storage, models.root, identity, config.lease_s)
         sender = Sender(config, db, identity)

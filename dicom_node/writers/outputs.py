@@ -91,12 +91,14 @@ def build_outputs(
     display_image: np.ndarray | None = None,
     default_character_set: str = DEFAULT_CHARACTER_SET,
     started: datetime | None = None,
+    vertebra_segments: bool = True,
 ) -> Outputs:
     """Build SEG, SR and overlay SC for ``prediction`` (made by ``card``'s model) on ``source``.
 
     ``display_image`` is the source as displayed (grey uint8 or [0, 1] float, or RGB); without it the
     overlay prepares the image from the dataset. ``default_character_set`` reads a source's undeclared
     non-ASCII text (``writers.source``). ``started``: when the analysis of the source began (default: now).
+    ``vertebra_segments``: a segment per vertebra in the SEG, when the model predicts levels.
     """
 
     source = writable_source(source, default_character_set)
@@ -120,6 +122,7 @@ def build_outputs(
             content_description=description("Spine and T1 by", card),
             software_versions=software,
             content_qualification=RESEARCH,  # every model: research, not for diagnosis
+            levels=prediction.levels if vertebra_segments else None,
         )
     t1 = time.perf_counter()
     sr = build_measurement_report(

@@ -1,4 +1,8 @@
-"""The DICOM Segmentation (SEG) of one prediction: a BINARY SEG with the segments "Spine" and "T1 vertebra".
+"""The DICOM Segmentation (SEG) of one prediction: a BINARY SEG with the segments "Spine" and "T1 vertebra",
+and, for a model that predicts vertebra levels (and unless ``[node] vertebra_segments = false``), one more
+segment per vertebra found, T1..L5 in order (numbers 3, 4, ...; SNOMED CT vertebra codes; labels "T1",
+"T2", ...; colours alternating so that neighbours differ). Each segment is a full frame: a 2500 x 1300
+radiograph adds ~0.4 MB per vertebra.
 
 The SEG is built with ``highdicom.seg.Segmentation`` and then completed where highdicom leaves a single
 2D projection image (no Frame of Reference) short:
@@ -41,6 +45,7 @@ from pydicom.valuerep import format_number_as_ds
 from dicom_node.writers.source import pixel_spacing_mm
 from dicom_node.writers.uids import tracking_uid
 from inference.classes import CLASS_COLOURS, SpineClass
+from inference.levels import VERTEBRAE, vertebra_label
 from inference.model_card import ModelCard
 
 ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
@@ -94,35 +99,73 @@ SEGMENTS: tuple[SegmentSpec, ...] = (
 )
 
 
+LEVEL_COLOURS = ((255, 200, 0), (0, 170, 255), (220, 0, 220))  # cycled along the spine: neighbours differ
+
+
+@dataclass(frozen=True)
+class VertebraSegment:
+    """A vertebra level's segment: its number in the SEG, the vertebra ("T1" .. "L5") and its label value."""
+
+    number: int
+    name: str
+    label: int
+
+    @property
+    def property_type(self) -> Code:
+        return getattr(codes.SCT, f"{self.name}Vertebra")
+
+
+def vertebra_segments(levels: np.ndarray | None) -> list[VertebraSegment]:
+    """The vertebrae found in ``levels`` (level labels), numbered after the two fixed segments."""
+    if levels is None:
+        return []
+    present = set(np.unique(levels).tolist())
+    found = [(name, vertebra_label(k)) for k, name in enumerate(VERTEBRAE) if vertebra_label(k) in present]
+    return [VertebraSegment(len(SEGMENTS) + 1 + i, name, label) for i, (name, label) in enumerate(found)]
+
+
 def algorithm_identification(card: ModelCard) -> hd.AlgorithmIdentificationSequence:
     """The model as the SEG's Segment Algorithm Identification (name, weights version, AI family)."""
     return hd.AlgorithmIdentificationSequence(name=card.name, family=ALGORITHM_FAMILY, version=card.version)
 
 
-def segment_descriptions(card: ModelCard, source_sop_uid: str) -> list[hd.seg.SegmentDescription]:
+def segment_descriptions(
+    card: ModelCard, source_sop_uid: str, vertebrae: Sequence[VertebraSegment] = ()
+) -> list[hd.seg.SegmentDescription]:
     """Segment descriptions with tracking identifiers shared with the SR's measurement groups."""
     algorithm = algorithm_identification(card)
-    return [
-        hd.seg.SegmentDescription(
-            segment_number=spec.number,
-            segment_label=spec.label,
+
+    def description(number: int, label: str, kind: Code, colour: tuple[int, int, int]) -> hd.seg.SegmentDescription:
+        return hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label,
             segmented_property_category=SEGMENT_CATEGORY,
-            segmented_property_type=spec.property_type,
+            segmented_property_type=kind,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            tracking_uid=tracking_uid(source_sop_uid, card.name, card.weights_sha256, spec.label),
-            tracking_id=spec.tracking_id,
-            display_color=hd.color.CIELabColor.from_rgb(*spec.colour),
+            tracking_uid=tracking_uid(source_sop_uid, card.name, card.weights_sha256, label),
+            tracking_id=label,
+            display_color=hd.color.CIELabColor.from_rgb(*colour),
         )
-        for spec in SEGMENTS
+
+    fixed = [description(spec.number, spec.label, spec.property_type, spec.colour) for spec in SEGMENTS]
+    levels = [
+        description(v.number, v.name, v.property_type, LEVEL_COLOURS[i % len(LEVEL_COLOURS)])
+        for i, v in enumerate(vertebrae)
     ]
+    return fixed + levels
 
 
-def segment_array(labels: np.ndarray) -> np.ndarray:
+def segment_array(
+    labels: np.ndarray, levels: np.ndarray | None = None, vertebrae: Sequence[VertebraSegment] = ()
+) -> np.ndarray:
     """(1, rows, columns, segments) boolean array of the segments, in segment-number order."""
-    planes = np.empty((1, *labels.shape, len(SEGMENTS)), dtype=bool)
+    planes = np.empty((1, *labels.shape, len(SEGMENTS) + len(vertebrae)), dtype=bool)
     for index, spec in enumerate(SEGMENTS):
         planes[0, :, :, index] = spec.mask(labels)
+    for index, v in enumerate(vertebrae, start=len(SEGMENTS)):
+        assert levels is not None
+        planes[0, :, :, index] = levels == v.label
     return planes
 
 
@@ -208,22 +251,25 @@ def build_segmentation(
     content_description: str,
     software_versions: str | Sequence[str],
     content_qualification: str | None = None,
+    levels: np.ndarray | None = None,
 ) -> hd.seg.Segmentation:
     """The SEG of ``labels`` (uint8, SpineClass values, the source's rows and columns): BINARY, or a
-    FRACTIONAL occupancy of 0 and 1 where BINARY would need a pad byte (``segmentation_type``)."""
+    FRACTIONAL occupancy of 0 and 1 where BINARY would need a pad byte (``segmentation_type``). With
+    ``levels`` (level labels of the same shape), also a segment per vertebra found."""
     rows, cols = int(source.Rows), int(source.Columns)
     if labels.shape != (rows, cols):
         raise ValueError(f"labels of shape {labels.shape} do not match the source image ({rows}, {cols})")
     measures = pixel_measures_for(source)
     kind = segmentation_type(rows, cols)
-    planes = segment_array(labels)
+    vertebrae = vertebra_segments(levels)
+    planes = segment_array(labels, levels, vertebrae)
     fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
     seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=planes.astype(np.float32) if fractional else planes,
         segmentation_type=kind,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
-        segment_descriptions=segment_descriptions(card, source.SOPInstanceUID),
+        segment_descriptions=segment_descriptions(card, source.SOPInstanceUID, vertebrae),
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
@@ -252,10 +298,12 @@ __all__ = [
     "SPINE_SEGMENT",
     "T1_SEGMENT",
     "SegmentSpec",
+    "VertebraSegment",
     "algorithm_identification",
     "build_segmentation",
     "pixel_measures_for",
     "segment_array",
     "segment_descriptions",
     "segmentation_type",
+    "vertebra_segments",
 ]

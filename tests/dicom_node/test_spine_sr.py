@@ -21,7 +21,7 @@ from inference.measure import measure
 from inference.prediction import Prediction, Quality, class_stats
 from tests.dciodvfy import dciodvfy_errors
 from tests.dicom_node.test_writers import make_card
-from tests.pixelmed import sr_errors
+from tests.pixelmed import pixelmed_errors, sr_errors
 from tests.radiographs import SHARED_DATA, Radiograph, validation_radiographs
 
 pytestmark = [pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/spineweb16"), pytest.mark.slow]
@@ -109,3 +109,27 @@ def test_unreliable_prediction_has_no_measurements(radiograph: Radiograph) -> No
     assert np.allclose(np.asarray(region.GraphicData).reshape(-1, 2).max(axis=0), [cols, rows])
     texts = [i.TextValue for i in sr.ContentSequence[-1].ContentSequence if i.ValueType == "TEXT"]
     assert any("T1 not found" in t for t in texts)
+
+
+def test_seg_has_a_segment_per_vertebra_found(radiograph: Radiograph, tmp_path: Path) -> None:
+    levels = radiograph.levels.copy()
+    levels[levels == vertebra_label(8)] = 0  # T9 not found: no T9 segment, the others renumbered
+    prediction = prediction_of(radiograph, levels)
+    card = make_card(demo=False)
+    seg = build_outputs(radiograph.dataset, prediction, card).seg
+    assert seg is not None
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    assert pixelmed_errors(path) == []
+    written = dcmread(path)
+    names = [f"T{i}" for i in range(1, 13) if i != 9] + [f"L{i}" for i in range(1, 6)]
+    assert [s.SegmentLabel for s in written.SegmentSequence] == ["Spine", "T1 vertebra", *names]
+    assert [int(s.SegmentNumber) for s in written.SegmentSequence] == list(range(1, 3 + len(names)))
+    for item, name in zip(written.SegmentSequence[2:], names, strict=True):
+        assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == vertebra_code(name).value
+    frames = written.pixel_array.reshape(len(written.SegmentSequence), *levels.shape)
+    l4 = names.index("L4") + 2
+    assert np.array_equal(frames[l4].astype(bool), levels == vertebra_label(15))  # L4 is vertebra 16
+    plain = build_outputs(radiograph.dataset, prediction, card, vertebra_segments=False).seg
+    assert plain is not None and [s.SegmentLabel for s in plain.SegmentSequence] == ["Spine", "T1 vertebra"]
