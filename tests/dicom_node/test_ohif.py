@@ -33,9 +33,11 @@ from inference.phantom import make_phantom
 from inference.phantom_dicom import phantom_to_dataset
 from inference.prediction import Quality
 from tests.conftest import PROJECT, npm_ci, require_tool, storescu
+from tests.dicom_node.test_spine_sr import prediction_of
 from tests.dicom_node.test_writers import fake_prediction, make_card
 from tests.ohif import OhifServer, ohif_dist
 from tests.orthanc import OrthancServer
+from tests.radiographs import validation_radiographs
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +64,7 @@ class Case:
     seed: int
     height: int
     reliable: bool = True
+    radiograph: bool = False  # a real validation radiograph with its true vertebra levels (seed, height unused)
 
 
 CASES = (
@@ -70,6 +73,7 @@ CASES = (
     Case("odd-seg-bytes", 940016, 401),  # 401 x 195: 1-bit pixel data of an odd byte count
     Case("film-2500", 940003, 2500),  # 2500 x 421, odd byte count too
     Case("unreliable", 940013, 409, reliable=False),
+    Case("radiograph-levels", 0, 0, radiograph=True),  # vertebra segments, Cobb angles and T1 tilt
 )
 
 
@@ -83,14 +87,19 @@ class Shown:
 
 def write_case(case: Case, folder: Path) -> tuple[str, int, int, list[Path]]:
     """Source, SEG, SR and SC of ``case`` as files; returns (study UID, columns, SR groups, files)."""
-    phantom = make_phantom(case.seed, height=case.height)
-    card = make_card()
-    source = phantom_to_dataset(phantom)
+    if case.radiograph:
+        radiograph = validation_radiographs(1)[0]
+        source, card = radiograph.dataset, make_card(demo=False)
+        outputs = build_outputs(source, prediction_of(radiograph, radiograph.levels), card)
+    else:
+        phantom = make_phantom(case.seed, height=case.height)
+        card = make_card()
+        source = phantom_to_dataset(phantom)
+        prediction = fake_prediction(phantom, card, (phantom.pixel_spacing_mm,) * 2)
+        if not case.reliable:
+            prediction.quality = Quality(False, UNRELIABLE_REASONS)
+        outputs = build_outputs(source, prediction, card, display_image=phantom.display_image())
     assert "VOILUTFunction" not in source  # LINEAR is the default; OHIF shows an explicit one black
-    prediction = fake_prediction(phantom, card, (phantom.pixel_spacing_mm,) * 2)
-    if not case.reliable:
-        prediction.quality = Quality(False, UNRELIABLE_REASONS)
-    outputs = build_outputs(source, prediction, card, display_image=phantom.display_image())
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / "source.dcm"]
     source.save_as(files[0], enforce_file_format=True)
@@ -171,7 +180,7 @@ def t1_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 CASE_NAMES = [c.name for c in CASES]
-RELIABLE = [c.name for c in CASES if c.reliable]
+RELIABLE = [c.name for c in CASES if c.reliable and not c.radiograph]  # phantoms: two segments, two groups
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -231,3 +240,24 @@ def test_unreliable_prediction_has_no_seg_and_an_sr_without_measurements(shown: 
     [group] = result["sr"]["measurements"]
     assert group["tracking"] == "No reliable segmentation" and group["loaded"] and group["labels"] == []
     assert hue_mask(screenshot(shown["unreliable"], "sc"), 1).sum() <= MIN_SEGMENT_PIXELS  # no mask drawn
+
+
+def test_vertebra_segments_cobb_angles_and_t1_tilt_are_shown(shown: dict[str, Shown]) -> None:
+    result = shown["radiograph-levels"].result
+    [segmentation] = result["seg"]["segmentations"]
+    vertebrae = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+    assert segmentation["segments"] == [*SEGMENT_LABELS, *vertebrae]
+    sr = result["sr"]
+    assert sr["thumbnail"] and sr["error_toasts"] == []
+    tracked = [m["tracking"] for m in sr["measurements"]]
+    assert tracked[:2] == SEGMENT_LABELS and len(tracked) == shown["radiograph-levels"].sr_groups
+    spine = sr["measurements"][2:]
+    assert len(spine) == 4  # three Cobb angles and the T1 tilt
+    for m in spine:
+        assert m["loaded"] and m["referenced"], m  # placed on the source image (its endplate lines)
+        [label] = m["labels"]
+        assert label.endswith(" deg"), label
+    main = spine[0]["labels"][0]
+    assert spine[0]["tracking"].startswith("Cobb angle 1 (main)") and main.startswith("Cobb angle: ")
+    float(main.removeprefix("Cobb angle: ").removesuffix(" deg"))  # a number (OHIF shows 0 as blank)
+    assert any(line.startswith("T1 tilt") for line in sr["viewport_text"].splitlines())  # written on the image
