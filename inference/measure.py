@@ -9,7 +9,7 @@ column's height long; each vertebra's endplates are taken perpendicular to that 
 (on the validation split this brings the main-curve error from ~35 to ~4 degrees; from the true masks
 it costs ~1 degree). These corners feed the challenge's method (``inference.cobb``). Cobb angles need
 every vertebra from T1 to L5: with one missing they are not reported (the reason is), never computed
-from a partial column. T1's own tilt is its upper side's, from its quadrilateral.
+from a partial column. T1's tilt is the mean of its quadrilateral's upper side and the centre line's.
 
 ``reportable`` then keeps only what the model has been shown to measure: Cobb angles when the SMAPE
 recorded on its validation split (``metrics.validation.measurements`` in its card, written by ``spinenode
@@ -175,7 +175,9 @@ def measure(levels: np.ndarray) -> Measurements:
         notes.append(f"Cobb angles not measured: vertebrae not found ({', '.join(missing)})")
     else:
         cobb = [_curve(c, list(VERTEBRAE), corners) for c in cobb_angles(corners, levels.shape[0])]
-    t1 = endplate_tilt_deg(found[0]) if 0 in found else None
+    # T1 tilt: the mean of its own upper side's and the centre line's (on the training split's predictions:
+    # MAE 5.5 deg, against 8.9 for the upper side alone and 6.7 for the centre line alone)
+    t1 = (endplate_tilt_deg(found[0]) + float(tilts[0])) / 2 if 0 in found else None
     if t1 is None:
         notes.append("T1 tilt not measured: T1 not found")
     return Measurements(vertebrae, cobb, t1, notes)

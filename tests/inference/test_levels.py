@@ -56,7 +56,7 @@ def test_measurements_from_true_levels_match_the_dataset(record_and_levels: tupl
     assert len(m.cobb) == 3
     # tilts from the column's centre line (on the true masks of the validation split: main-curve MAE 5.3 deg)
     assert abs(m.cobb[0].angle_deg - truth[0]) < 8.0
-    assert m.t1_tilt_deg == pytest.approx(endplate_tilt_deg(r.corners[0]), abs=3.0)
+    assert m.t1_tilt_deg == pytest.approx(endplate_tilt_deg(r.corners[0]), abs=6.0)  # half of it the centre line
     missing = levels.copy()
     missing[missing == 9] = 0  # T9 gone: no Cobb angles, and the reason says so
     m2 = measure(missing)
