@@ -310,7 +310,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         card.save(card.directory)
         print(f"{card.name}: logit offsets {result.offsets}; V/T1 IoU {result.before} -> {result.after}")
         return 0
-    cards = list_cards(args.inference.models_dir)
+    cards = list_cards(args.inference.models_dir, parts=True)  # second passes too, marked by their role
     if args.json:
         print(json.dumps([c.to_json() for c in cards], indent=2))
     else:
@@ -323,6 +323,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(
                 f"{c.name:30s} {c.architecture:20s} {str(c.encoder):13s} {c.input_size[0]}x{c.input_size[1]}"
                 f"  demo={c.demo!s:5}  V IoU {v.get('iou', '-')}  T1 IoU {t1.get('iou', '-')}  ({where})"
+                + (f"  [{c.role} pass]" if c.role != "segmentation" else "")
+                + (f"  + {c.top_pass}" if c.top_pass else "")
             )
     return 0
 

@@ -24,13 +24,14 @@ import cv2
 import numpy as np
 
 from inference.classes import SpineClass
-from inference.levels import DISC_LABEL, VERTEBRAE, vertebra_label
+from inference.levels import DISC_LABEL, NUM_LEVEL_CLASSES, VERTEBRAE, vertebra_label
 
 TOP_INPUT = (256, 256)  # the second pass's model input (H, W)
 WINDOW_WIDTHS = 4.0  # window side in widths of the anchor vertebra
 MAX_SHIFT_SPANS = 1.6  # training windows: centre up to this many vertebra spacings from the true T1
 MIN_ANCHOR_PIXELS = 20  # a first-pass T1 smaller than this is no anchor: the column's top is used
 TOP_ROWS_WIDTHS = 0.7  # without T1: the column's top rows, this many column widths tall, are the anchor
+BAND_MARGIN = 8  # the cervical band above the new T1 reaches this fraction (1/8) of the image width sideways
 MIN_T1_PIXELS = 200  # the second pass's T1 must be at least this large at native size to replace the first's
 
 
@@ -89,30 +90,42 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 def renumber(levels: np.ndarray, t1: np.ndarray) -> np.ndarray:
     """Level labels with ``t1`` as T1 and the first pass's other vertebra pieces below it named T2, T3, ...
-    in top-down order (by centre); the column above the new T1 becomes background; vertebra pixels past
-    L5 and the old T1 below the new one keep the column, labelled as disc (no level)."""
+    in top-down order (by centre); the column above the new T1 (in a band around it) becomes background;
+    the old T1 below it, pieces above the new T1's centre and vertebrae past L5 keep the column, labelled as
+    disc (no level). Works in the bounding box of the column."""
+    ys, xs = np.nonzero((levels > 0) | t1)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     out = levels.copy()
+    out[y0:y1, x0:x1] = _renumbered(levels[y0:y1, x0:x1], t1[y0:y1, x0:x1], levels.shape[1] // BAND_MARGIN)
+    return out
+
+
+def _renumbered(levels: np.ndarray, t1: np.ndarray, margin: int) -> np.ndarray:
     cols = np.nonzero(t1.any(axis=0))[0]
     top = int(np.nonzero(t1.any(axis=1))[0].min())
     band = np.zeros(levels.shape, bool)
-    band[:top, max(0, cols.min() - t1.shape[1] // 8) : cols.max() + 1 + t1.shape[1] // 8] = True
-    out[band & (levels > 0)] = 0  # cervical: the column starts at T1
-    old_t1 = (levels == vertebra_label(0)) & ~t1 & ~band
-    out[old_t1] = DISC_LABEL
-    t1_bottom = float(np.nonzero(t1)[0].mean())
-    pieces = []
-    for k in range(1, len(VERTEBRAE)):
-        mine = (out == vertebra_label(k)) & ~t1
-        if np.count_nonzero(mine):
-            pieces.append((float(np.nonzero(mine)[0].mean()), k))
-    out[(out >= vertebra_label(1)) & (out < DISC_LABEL) & ~t1] = DISC_LABEL
+    band[:top, max(0, int(cols.min()) - margin) : int(cols.max()) + 1 + margin] = True
+    keep = ~band & ~t1
+    rows = np.broadcast_to(np.arange(levels.shape[0], dtype=np.float64)[:, None], levels.shape)
+    kept = np.where(keep, levels, 0).ravel()
+    counts = np.bincount(kept, minlength=NUM_LEVEL_CLASSES)
+    row_sums = np.bincount(kept, weights=rows.ravel(), minlength=NUM_LEVEL_CLASSES)
+    t1_centre = float(rows[t1].mean())
+    lut = np.arange(NUM_LEVEL_CLASSES, dtype=np.uint8)
+    lut[vertebra_label(0) : DISC_LABEL] = DISC_LABEL  # every vertebra: column without a level, unless named below
+    pieces = sorted(
+        (row_sums[label] / counts[label], label)
+        for label in range(vertebra_label(1), DISC_LABEL)  # the first pass's T2 .. L5 (its T1 is no longer T1)
+        if counts[label]
+    )
     name = 1
-    for cy, k in sorted(pieces):
-        mine = (levels == vertebra_label(k)) & ~t1 & ~band
-        if cy <= t1_bottom or name >= len(VERTEBRAE):
-            continue  # above the new T1's centre or past L5: column without a level
-        out[mine] = vertebra_label(name)
+    for centre, label in pieces:
+        if centre <= t1_centre or name >= len(VERTEBRAE):
+            continue  # above the new T1's centre or past L5
+        lut[label] = vertebra_label(name)
         name += 1
+    out = np.where(keep, lut[levels], levels)
+    out[band & (levels > 0)] = 0  # cervical: the column starts at T1
     out[t1] = vertebra_label(0)
     return out
 
