@@ -103,7 +103,7 @@ def stand_in_forward(
 ) -> dict[str, Any]:
     """Batch-1 forward of a random-weight ``architecture``/``encoder`` on ONNX Runtime (the production
     session settings): ms, GFLOP and the fraction of the SGEMM rate ``sgemm`` it achieves."""
-    from inference.architectures import build_model
+    from inference.networks.architectures import build_model
     from inference.onnx_runtime import export_onnx, ort_session
 
     module = build_model(architecture, encoder).eval()
@@ -133,8 +133,8 @@ def phantom_files(folder: Path, n: int, height: int, seed: int = 700000, width: 
 
     from pydicom.uid import generate_uid
 
-    from inference.phantom import make_phantom
-    from inference.phantom_dicom import phantom_to_dataset
+    from inference.data.phantom import make_phantom
+    from inference.data.phantom_dicom import phantom_to_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     phantom = make_phantom(seed, height=height)

@@ -44,8 +44,8 @@ sys.path.insert(0, str(PROJECT))
 from pydicom import dcmread  # noqa: E402
 
 from dicom_node.testing.peers import free_port, wait_port  # noqa: E402
-from inference.phantom import make_phantom  # noqa: E402
-from inference.phantom_dicom import phantom_to_dataset  # noqa: E402
+from inference.data.phantom import make_phantom  # noqa: E402
+from inference.data.phantom_dicom import phantom_to_dataset  # noqa: E402
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -271,7 +271,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 # --- engine ----------------------------------------------------------------------------------------
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from inference.phantom_dicom import write_phantoms
+    from inference.data.phantom_dicom import write_phantoms
 
     index = write_phantoms(Path(args.out), args.n, args.seed, args.format)
     print(f"wrote {len(index)} phantom(s) to {args.out}")
@@ -282,7 +282,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from inference.model_card import list_cards
 
     if args.models_command == "import":
-        from inference.importer import import_checkpoint
+        from inference.data.importer import import_checkpoint
 
         try:
             card = import_checkpoint(Path(args.path), args.name, args.inference.models_dir, args.display_name)
@@ -330,12 +330,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from inference.datasets import DataSpecError
-    from inference.training import main_train_args_to_config, train
+    from inference.data.datasets import DataSpecError
+    from inference.learning.training import main_train_args_to_config, train
 
     if args.data.startswith("spineweb16:"):
-        from inference.level_training import config_from_args, train_levels
-        from inference.spineweb import SpineWebError
+        from inference.data.spineweb import SpineWebError
+        from inference.learning.level_training import config_from_args, train_levels
 
         try:
             card = train_levels(config_from_args(args))
@@ -352,9 +352,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from inference.datasets import DataSource, DataSpecError
+    from inference.data.datasets import DataSource, DataSpecError
+    from inference.learning.training import evaluate_engine
     from inference.model_card import find_card
-    from inference.training import evaluate_engine
 
     if args.data:
         return _evaluate_spineweb(args)
@@ -383,9 +383,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_spineweb(args: argparse.Namespace) -> int:
-    from inference.level_evaluation import evaluate_spineweb
+    from inference.data.spineweb import SpineWebError
+    from inference.learning.level_evaluation import evaluate_spineweb
     from inference.model_card import find_card
-    from inference.spineweb import SpineWebError
 
     kind, _, directory = args.data.partition(":")
     if kind != "spineweb16" or not directory:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference.datasets import DataSource
+from inference.analysis.metrics import OverlapSummary
+from inference.data.datasets import DataSource
 from inference.engine import Engine, labels_at_native
-from inference.metrics import OverlapSummary
 from inference.preprocess import to_model_input
 
 CALIBRATION_SEED = 600_000  # phantom seeds used for calibration only

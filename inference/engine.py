@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from inference.analysis.levels import LEVEL_CLASS_ORDER, group_probabilities, native_levels
+from inference.analysis.measure import measure, reportable
 from inference.classes import SpineClass
-from inference.levels import LEVEL_CLASS_ORDER, group_probabilities, native_levels
-from inference.measure import measure, reportable
 from inference.model_card import ModelCard, find_card
 from inference.onnx_runtime import OnnxRunner, prepare_onnx
 from inference.prediction import ClassStats, Prediction, class_stats, labels_at_native
@@ -36,12 +37,26 @@ log = logging.getLogger(__name__)
 def load_module(card: ModelCard) -> torch.nn.Module:
     import torch
 
-    from inference.architectures import build_model  # segmentation-models-pytorch and timm: seconds to import
+    from inference.networks.architectures import build_model  # segmentation-models-pytorch and timm: seconds to import
 
     module = build_model(card.architecture, card.encoder, classes=len(card.class_order))
     state = torch.load(card.weights_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state, strict=True)
     return module.eval()
+
+
+class ForwardClock:
+    """The time spent in the models' forward passes (with their softmax) during one prediction."""
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+
+    def run(self, forward: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return forward(batch)
+        finally:
+            self.ms += (time.perf_counter() - t0) * 1000
 
 
 class Engine:
@@ -123,7 +138,8 @@ class Engine:
         rows, cols = prepared.shape
         x = to_model_input(prepared.image, self.card.input_size)
         batch = np.stack([x, x[:, :, ::-1]]) if flip_agreement else x[None]
-        own = self.class_probabilities(np.ascontiguousarray(batch))
+        clock = ForwardClock()
+        own = clock.run(self.class_probabilities, np.ascontiguousarray(batch))
         probs = group_probabilities(own, self.card.class_order)
         labels, conf = labels_at_native(probs[0], (rows, cols))
         levels = native_levels(own[0], labels) if self._levels else None
@@ -134,7 +150,8 @@ class Engine:
             if mirrored is not None:
                 images.append(np.ascontiguousarray(prepared.image[:, ::-1]))
                 firsts.append(native_levels(own[1], mirrored))
-            refined = second_pass(self._top.probabilities, images, firsts)
+            top = self._top
+            refined = second_pass(lambda b: clock.run(top.probabilities, b), images, firsts)
             if refined[0] is not None:
                 levels, t1_probability = refined[0]
                 labels = spine_labels(levels)
@@ -161,7 +178,17 @@ class Engine:
             quality=quality,
             levels=levels,
             measurements=measured,
+            forward_ms=clock.ms,
         )
 
 
-__all__ = ["ClassStats", "Engine", "Prediction", "SpineClass", "class_stats", "labels_at_native", "load_module"]
+__all__ = [
+    "ClassStats",
+    "Engine",
+    "ForwardClock",
+    "Prediction",
+    "SpineClass",
+    "class_stats",
+    "labels_at_native",
+    "load_module",
+]

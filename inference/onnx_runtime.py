@@ -79,7 +79,7 @@ def _cache_key(card: ModelCard) -> str:
 
 
 def _check_batch(card: ModelCard) -> tuple[np.ndarray, list[int]]:
-    from inference.phantom import make_phantom, unit_image
+    from inference.data.phantom import make_phantom, unit_image
 
     xs = []
     for seed in CHECK_SEEDS:

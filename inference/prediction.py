@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from inference.analysis.metrics import overlap
 from inference.classes import FOREGROUND
-from inference.metrics import overlap
 
 if TYPE_CHECKING:
-    from inference.measure import Measurements
+    from inference.analysis.measure import Measurements
 
 SPINE = "Spine"  # figures of the union V or T1 (the SEG's "Spine" segment)
 
@@ -65,8 +65,9 @@ class Prediction:
     inference_ms: float
     notes: list[str] = field(default_factory=list)
     quality: Quality = field(default_factory=lambda: Quality(True))
-    levels: np.ndarray | None = None  # uint8 (rows, columns) level labels (inference.levels) when the model has them
+    levels: np.ndarray | None = None  # uint8 (rows, columns) level labels (analysis.levels) when the model has them
     measurements: Measurements | None = None  # vertebrae, Cobb angles, T1 tilt (level models, reliable only)
+    forward_ms: float = 0.0  # of inference_ms, the models' forward passes (both passes, image and mirror)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class Prediction:
             "model_version": self.model_version,
             "demo": self.demo,
             "inference_ms": round(self.inference_ms, 1),
+            "forward_ms": round(self.forward_ms, 1),
             "image_size": list(self.labels.shape),
             "classes": {k: v.to_json() for k, v in self.classes.items()},
             "quality": self.quality.to_json(),

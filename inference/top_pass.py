@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from inference.analysis.levels import DISC_LABEL, NUM_LEVEL_CLASSES, VERTEBRAE, vertebra_label
 from inference.classes import SpineClass
-from inference.levels import DISC_LABEL, NUM_LEVEL_CLASSES, VERTEBRAE, vertebra_label
 
 TOP_INPUT = (256, 256)  # the second pass's model input (H, W)
 WINDOW_WIDTHS = 4.0  # window side in widths of the anchor vertebra

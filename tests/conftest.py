@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from dicom_node.testing.peers import StoreSCP, free_port, storescu, wait_port, wait_until
-from inference.architectures import build_model
 from inference.model_card import WEIGHTS_FILE, ModelCard, sha256_of
+from inference.networks.architectures import build_model
 from inference.quality import QualityThresholds
 from inference.registry import ModelRegistry
 from inference.settings import InferenceSettings
@@ -117,8 +117,8 @@ def _models_env(models_root: Path, onnx_cache: Path, monkeypatch: pytest.MonkeyP
 @pytest.fixture(scope="session")
 def phantom_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three small phantom DX files (seeds 900000..900002, never used in training)."""
-    from inference.phantom import make_phantom
-    from inference.phantom_dicom import phantom_to_dataset
+    from inference.data.phantom import make_phantom
+    from inference.data.phantom_dicom import phantom_to_dataset
 
     out = tmp_path_factory.mktemp("phantoms")
     paths = []

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
-from inference.levels import to_spine_labels
-from inference.phantom import BITS_STORED, make_phantom
-from inference.phantom_dicom import phantom_to_dataset
-from inference.spineweb import SpineWeb, level_mask
+from inference.analysis.levels import to_spine_labels
+from inference.data.phantom import BITS_STORED, make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
+from inference.data.spineweb import SpineWeb, level_mask
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spineweb16"
 TEMPLATE_SEED = 910000  # phantom whose header the radiographs borrow (never used in training)

@@ -166,7 +166,8 @@ class _Helper:
             code = proc.poll()
             self.kill()
             raise DecodeError(f"decoder process failed (exit {code}): {type(exc).__name__}") from exc
-        if time.monotonic() > deadline:  # the reply came, but late (the limit covers the hand-over too)
+        if time.monotonic() > deadline:  # the reply came, but late (the limit covers the hand-over too):
+            self.kill()  # one rule for every helper past its deadline, whether or not it answered
             raise DecodeError(f"decoding took longer than {timeout_s:g} s")
         return reply
 

@@ -103,6 +103,7 @@ class Processor:
         outputs = {OutputKind(kind): ds for kind, ds in built.by_kind().items()}
         timings = {"decode_preprocess": t1 - t0, "predict": t2 - t1, "build_outputs": t3 - t2}
         timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()} | built.timings_ms
+        timings_ms["forward"] = round(prediction.forward_ms, 1)  # of "predict": the models alone
         return JobResult(prediction, outputs, timings_ms, engine.card.weights_sha256)
 
     def run(self, job_id: int, holder: JobQueue | None = None, attempt: int | None = None) -> None:

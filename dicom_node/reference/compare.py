@@ -7,7 +7,7 @@ segments drawn from scratch with the generic type "Tissue" and the label the rea
 matched to the same one of ours are united (a reader may draw the column in pieces); others are ignored.
 Both masks are read for the source image (per-frame Derivation Image Sequence) at the source's native
 resolution; a FRACTIONAL reference is thresholded at one half. Dice and Jaccard come from
-``inference.metrics.overlap``.
+``inference.analysis.metrics.overlap``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from pydicom import dcmread
 
 from dicom_node.writers.seg import SEGMENTS, SPINE_SEGMENT, T1_SEGMENT, SegmentSpec
-from inference.metrics import Overlap, overlap
+from inference.analysis.metrics import Overlap, overlap
 
 FRACTIONAL_THRESHOLD = 0.5  # a FRACTIONAL reference pixel belongs to the segment from this value up
 # What highdicom raises when a SEG has no frame for the source or its frames do not fit it.

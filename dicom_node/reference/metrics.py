@@ -3,7 +3,7 @@
 Per model (name and weights version) and segment, over the recorded comparisons (``comparisons``
 table, one row per reference SEG and segment): the count, the mean, median and 5th percentile of the
 per-image Dice and Jaccard, and the dataset-summed Dice and Jaccard (intersections and unions summed
-over all images, as ``inference.metrics.Overlap`` accumulates them). A model and segment whose mean
+over all images, as ``inference.analysis.metrics.Overlap`` accumulates them). A model and segment whose mean
 Dice over its ``recent`` latest comparisons is below ``alert_below`` gets an alert line. Comparisons
 where both masks are empty (Dice undefined) count, but carry no Dice.
 """
@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from dicom_node.audit.records import AuditDB, ComparisonRecord, ReceivedSegRecord, ReferenceState
-from inference.metrics import Overlap
+from inference.analysis.metrics import Overlap
 
 NOT_COMPARED_LISTED = 20  # the newest reference SEGs not compared (failed, unusable) listed with their reasons
 

@@ -60,8 +60,8 @@ def warm_up(models: ModelRegistry, names: list[str]) -> None:
             log.exception("model %s could not be loaded", name)
     try:  # the writers' first call costs seconds (highdicom's lazy set-up): pay it here, not on a patient
         from dicom_node.writers.outputs import build_outputs
-        from inference.phantom import make_phantom
-        from inference.phantom_dicom import phantom_to_dataset
+        from inference.data.phantom import make_phantom
+        from inference.data.phantom_dicom import phantom_to_dataset
         from inference.preprocess import from_dataset
 
         ds = phantom_to_dataset(make_phantom(0, height=256))

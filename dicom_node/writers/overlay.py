@@ -25,8 +25,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_node.writers.anatomy import copy_anatomy
+from inference.analysis.measure import Measurements
 from inference.classes import CLASS_COLOURS, FOREGROUND, SpineClass
-from inference.measure import Measurements
 from inference.model_card import ModelCard
 from inference.prediction import ClassStats, Prediction
 from inference.preprocess import from_dataset

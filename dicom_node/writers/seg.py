@@ -44,8 +44,8 @@ from pydicom.valuerep import format_number_as_ds
 
 from dicom_node.writers.source import pixel_spacing_mm
 from dicom_node.writers.uids import tracking_uid
+from inference.analysis.levels import VERTEBRAE, vertebra_label
 from inference.classes import CLASS_COLOURS, SpineClass
-from inference.levels import VERTEBRAE, vertebra_label
 from inference.model_card import ModelCard
 
 ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence

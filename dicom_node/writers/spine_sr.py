@@ -1,7 +1,7 @@
 """The spine measurements of a prediction as TID 1500 measurement groups: Cobb angles and T1 tilt.
 
 One TID 1501 "Measurement Group" per Cobb angle, in the challenge's order (the main curve, then the two
-secondary angles; ``inference.cobb``), and one for the T1 tilt. Each carries a tracking identifier (UID
+secondary angles; ``inference.analysis.cobb``), and one for the T1 tilt. Each carries a tracking identifier (UID
 from the source, the model and the measurement), the model as algorithm (TID 4019) and one TID 300
 measurement:
 
@@ -30,7 +30,7 @@ from dicom_node.writers.private_codes import PRIVATE_SCHEME
 from dicom_node.writers.provenance import algorithm_id
 from dicom_node.writers.regions import PIXEL_CENTRE
 from dicom_node.writers.uids import tracking_uid
-from inference.measure import Curve, Measurements
+from inference.analysis.measure import Curve, Measurements
 from inference.model_card import ModelCard
 
 COBB_ANGLE = codes.SCT.CobbAngle

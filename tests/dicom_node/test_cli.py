@@ -55,7 +55,7 @@ def test_models_lists_json(models_root: Path) -> None:
 
 
 def test_models_import_recognises_seed_checkpoint(tmp_path: Path) -> None:
-    from inference.architectures import build_model
+    from inference.networks.architectures import build_model
 
     pth = tmp_path / "model_unetpp_spine_t1.pth"
     torch.save(build_model("seed_unetpp").state_dict(), pth)

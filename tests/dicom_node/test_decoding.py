@@ -25,8 +25,8 @@ from dicom_node.dimse.scp import Receiver, Refusal
 from dicom_node.dimse.status import StoreStatus
 from dicom_node.roles.node import Node
 from dicom_node.storage import Storage
-from inference.phantom import make_phantom
-from inference.phantom_dicom import phantom_to_dataset
+from inference.data.phantom import make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from tests.conftest import TINY_MODEL, free_port, session_models, storescu
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"

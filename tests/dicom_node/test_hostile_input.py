@@ -41,8 +41,8 @@ from dicom_node.config import NodeConfig
 from dicom_node.dimse.scp import Receiver
 from dicom_node.dimse.status import StoreStatus
 from dicom_node.storage import Storage
-from inference.phantom import make_phantom
-from inference.phantom_dicom import phantom_to_dataset
+from inference.data.phantom import make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow  # hundreds of instances over a live association

@@ -34,10 +34,10 @@ from dicom_node.http.server import HttpServer
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES, UPLOADS_DIR
 from dicom_node.roles.node import Node
 from dicom_node.writers.overlay import COLOUR_LUT
+from inference.analysis.metrics import overlap
 from inference.classes import SpineClass
-from inference.metrics import overlap
+from inference.data.phantom_dicom import write_phantoms
 from inference.model_card import find_card
-from inference.phantom_dicom import write_phantoms
 from inference.registry import ModelRegistry
 from tests.conftest import PROJECT, TINY_MODEL, StoreSCP, free_port, make_tiny_model, storescu, wait_port
 

@@ -25,7 +25,7 @@ from dicom_node.audit.report import audit_report
 from dicom_node.config import DEFAULT_MODEL, Destination, NodeConfig
 from dicom_node.roles.node import Node
 from dicom_node.writers import uids
-from inference.metrics import overlap
+from inference.analysis.metrics import overlap
 from tests.conftest import (
     TINY_MODEL,
     StoreSCP,

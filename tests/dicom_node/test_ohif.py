@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 from dicom_node.writers import build_outputs
-from inference.phantom import make_phantom
-from inference.phantom_dicom import phantom_to_dataset
+from inference.data.phantom import make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from inference.prediction import Quality
 from tests.conftest import PROJECT, npm_ci, require_tool, storescu
 from tests.dicom_node.test_spine_sr import prediction_of

@@ -14,8 +14,8 @@ import pytest
 from dicom_node.reference.compare import compare
 from dicom_node.writers import build_outputs
 from dicom_node.writers.evaluation_sr import build_evaluation_report
-from inference.phantom import make_phantom
-from inference.phantom_dicom import phantom_to_dataset
+from inference.data.phantom import make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from inference.prediction import Quality
 from tests.dciodvfy import dciodvfy_errors
 from tests.dicom_node.test_writers import fake_prediction, make_card

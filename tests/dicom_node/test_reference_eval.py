@@ -44,7 +44,7 @@ from dicom_node.roles.node import Node
 from dicom_node.storage import dataset_bytes
 from dicom_node.writers.evaluation_sr import DICE, INTERSECTION_PIXELS, JACCARD, PREDICTED_PIXELS, REFERENCE_PIXELS
 from dicom_node.writers.seg import SPINE_SEGMENT, T1_SEGMENT
-from inference.phantom import make_phantom
+from inference.data.phantom import make_phantom
 from tests.conftest import StoreSCP, free_port, make_tiny_model, session_models, storescu, wait_until
 from tests.dciodvfy import dciodvfy_errors
 
@@ -190,7 +190,7 @@ def test_comparison_reads_our_seg_for_every_source_kind(tmp_path: Path, spacing:
     from dicom_node.reference.compare import compare
     from dicom_node.writers import build_outputs
     from dicom_node.writers.evaluation_sr import build_evaluation_report
-    from inference.phantom_dicom import phantom_to_dataset
+    from inference.data.phantom_dicom import phantom_to_dataset
     from tests.dicom_node.test_writers import fake_prediction, make_card
 
     seed = PHANTOM_SEEDS[0]

@@ -84,8 +84,8 @@ def _instance(path: Path) -> InstanceRecord:
 def a_due_reference(db: AuditDB, folder: Path) -> Due:
     """A finished job with our SEG (a real one, from the writers) and a reader's SEG of its source, due."""
     from dicom_node.writers import build_outputs
-    from inference.phantom import make_phantom
-    from inference.phantom_dicom import phantom_to_dataset
+    from inference.data.phantom import make_phantom
+    from inference.data.phantom_dicom import phantom_to_dataset
     from tests.dicom_node.test_reference_eval import PHANTOM_HEIGHT, reference_seg
     from tests.dicom_node.test_writers import fake_prediction, make_card
 

@@ -38,8 +38,8 @@ from dicom_node.http.server import HttpServer
 from dicom_node.retention.policy import RetentionPolicy
 from dicom_node.retention.prune import parse_duration, prunable, prune
 from dicom_node.roles.node import Node
-from inference.phantom import make_phantom
-from inference.phantom_dicom import phantom_to_dataset
+from inference.data.phantom import make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from inference.registry import ModelRegistry
 from tests.conftest import PROJECT, TINY_MODEL, StoreSCP, free_port, storescu, wait_until
 

@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 
 from dicom_node.writers import build_outputs
 from dicom_node.writers.spine_sr import COBB_ANGLE, T1_TILT, vertebra_code
-from inference.levels import vertebra_label
-from inference.measure import measure
+from inference.analysis.levels import vertebra_label
+from inference.analysis.measure import measure
 from inference.prediction import Prediction, Quality, class_stats
 from tests.dciodvfy import dciodvfy_errors
 from tests.dicom_node.test_writers import make_card

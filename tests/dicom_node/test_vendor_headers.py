@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 
 from dicom_node.writers import build_outputs
 from dicom_node.writers.source import UTF8, pixel_spacing_mm, usable_spacing, writable_source
-from inference.phantom import make_phantom
-from inference.phantom_dicom import phantom_to_dataset
+from inference.data.phantom import make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from tests.dciodvfy import dciodvfy_errors
 from tests.dicom_node.test_writers import fake_prediction, make_card
 

@@ -26,8 +26,8 @@ from pydicom import dcmread
 
 from dicom_node.writers import build_outputs
 from inference.classes import SpineClass
-from inference.phantom import make_phantom
-from inference.phantom_dicom import phantom_to_dataset
+from inference.data.phantom import make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from tests.conftest import PROJECT, npm_ci, require_tool
 from tests.dicom_node.test_writers import fake_prediction, make_card
 

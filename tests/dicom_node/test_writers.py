@@ -25,9 +25,9 @@ from dicom_node.writers.overlay import NOT_FOR_DIAGNOSIS
 from dicom_node.writers.sr import FLIP_DICE, FLIP_JACCARD, PRIVATE_SCHEME
 from dicom_node.writers.uids import output_uid
 from inference.classes import SpineClass
+from inference.data.phantom import Phantom, make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from inference.model_card import DEMO_DISCLAIMER, ModelCard
-from inference.phantom import Phantom, make_phantom
-from inference.phantom_dicom import phantom_to_dataset
 from inference.prediction import Prediction, class_stats
 from tests.dciodvfy import dciodvfy_errors
 

@@ -17,8 +17,8 @@ from dicom_node.writers import build_outputs
 from dicom_node.writers.anatomy import UNPAIRED_BODY_PARTS
 from dicom_node.writers.evaluation_sr import build_evaluation_report
 from dicom_node.writers.source import TYPE2_PATIENT_STUDY, writable_source
-from inference.phantom import make_phantom
-from inference.phantom_dicom import phantom_to_dataset
+from inference.data.phantom import make_phantom
+from inference.data.phantom_dicom import phantom_to_dataset
 from tests.dciodvfy import dciodvfy_errors
 from tests.dicom_node.test_writers import fake_prediction, make_card
 

@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from inference.cobb import cobb_angles, endplate_tilt_deg, is_s_shaped, smape
-from inference.spineweb import SpineWeb
+from inference.analysis.cobb import cobb_angles, endplate_tilt_deg, is_s_shaped, smape
+from inference.data.spineweb import SpineWeb
 from tests.inference.test_spineweb import DATA
 
 

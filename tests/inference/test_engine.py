@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from inference.analysis.metrics import OverlapSummary, overlap
 from inference.classes import SpineClass
-from inference.datasets import DataSource, DataSpecError, split_indices
+from inference.data.datasets import DataSource, DataSpecError, split_indices
+from inference.data.phantom import T1_INDEX, make_phantom, unit_image
 from inference.engine import Engine, class_stats, labels_at_native
-from inference.metrics import OverlapSummary, overlap
+from inference.learning.training import TrainConfig, evaluate_engine, train
 from inference.model_card import find_card
-from inference.phantom import T1_INDEX, make_phantom, unit_image
 from inference.preprocess import UnusableImageError, from_dataset, from_image_file, to_model_input, window_to_unit
-from inference.training import TrainConfig, evaluate_engine, train
 
 
 def test_phantom_is_deterministic_and_plausible() -> None:

@@ -7,13 +7,13 @@ import csv
 import numpy as np
 import pytest
 
-from inference.augment import Stored, augment
-from inference.cobb import endplate_tilt_deg
-from inference.levels import LEVEL_CLASS_ORDER, NUM_LEVEL_CLASSES, group_probabilities, native_levels
-from inference.measure import axis_corners, centreline_tilts, measure, reportable
+from inference.analysis.cobb import endplate_tilt_deg
+from inference.analysis.levels import LEVEL_CLASS_ORDER, NUM_LEVEL_CLASSES, group_probabilities, native_levels
+from inference.analysis.measure import axis_corners, centreline_tilts, measure, reportable
+from inference.data.augment import Stored, augment
+from inference.data.spineweb import SpineWeb, level_mask
 from inference.prediction import SPINE, class_stats
 from inference.quality import QualityFigures, QualityThresholds, assess, judge
-from inference.spineweb import SpineWeb, level_mask
 from tests.inference.test_spineweb import DATA
 
 

@@ -11,8 +11,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from inference.phantom import BITS_STORED, Phantom, make_phantom, unit_image
-from inference.phantom_dicom import DX_PRESENTATION_SOP_CLASS, INDEX_FILE, phantom_to_dataset, write_phantoms
+from inference.data.phantom import BITS_STORED, Phantom, make_phantom, unit_image
+from inference.data.phantom_dicom import DX_PRESENTATION_SOP_CLASS, INDEX_FILE, phantom_to_dataset, write_phantoms
 from inference.preprocess import from_dataset
 from tests.dciodvfy import dciodvfy_errors
 

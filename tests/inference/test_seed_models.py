@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from inference.architectures import build_model
+from inference.data.importer import ImportCheckpointError, import_checkpoint
 from inference.engine import load_module
-from inference.importer import ImportCheckpointError, import_checkpoint
 from inference.model_card import ModelCard, sha256_of
-from inference.seed_models import SEED_BUILDERS, SEED_INPUT_SIZES, identify_state_dict
+from inference.networks.architectures import build_model
+from inference.networks.seed_models import SEED_BUILDERS, SEED_INPUT_SIZES, identify_state_dict
 
 SEED_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "seed-checkpoints"
 MANIFESTS = {

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.levels import DISC_LABEL, LEVEL_TO_SPINE, to_spine_labels, vertebra_label
-from inference.spineweb import (
+from inference.analysis.levels import DISC_LABEL, LEVEL_TO_SPINE, to_spine_labels, vertebra_label
+from inference.data.spineweb import (
     VALIDATION_IMAGES,
     SpineWeb,
     SpineWebError,

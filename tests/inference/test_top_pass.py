@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from inference.analysis.levels import DISC_LABEL, vertebra_label
 from inference.classes import SpineClass
-from inference.levels import DISC_LABEL, vertebra_label
 from inference.top_pass import (
     MIN_T1_PIXELS,
     TOP_INPUT,

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from inference.architectures import build_model
+from inference.analysis.metrics import OverlapSummary
 from inference.classes import FOREGROUND
-from inference.datasets import DataSource, Sample, split_indices
+from inference.data.datasets import DataSource, Sample, split_indices
 from inference.engine import Engine
-from inference.metrics import OverlapSummary
 from inference.model_card import WEIGHTS_FILE, ModelCard, sha256_of
+from inference.networks.architectures import build_model
 from inference.preprocess import PreparedImage, to_model_input
 
 log = logging.getLogger(__name__)

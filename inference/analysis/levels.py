@@ -1,6 +1,6 @@
 """The vertebra-level label layout: one class per vertebra T1..L5 and one for the discs between them.
 
-Models trained on landmark data (``inference.spineweb``) predict these 19 classes; the node's two
+Models trained on landmark data (``inference.data.spineweb``) predict these 19 classes; the node's two
 classes follow from them (T1 = the T1 class; V = every other vertebra and the discs), so V and T1 of a
 vertebra-level model mean exactly what they mean for a two-class model, and the levels come for free.
 """

@@ -3,7 +3,7 @@ thresholds fitted there.
 
 Figures per class (V, T1): dataset-summed IoU and Dice, per-image median and 10th percentile; the share of
 images where T1 is found (IoU > 0.3); how many predictions the quality flag marks unreliable. Measurements
-(``inference.measure``, on the images where the prediction is reliable and every vertebra T1..L5 was
+(``inference.analysis.measure``, on the images where the prediction is reliable and every vertebra T1..L5 was
 found): the challenge's Cobb SMAPE against ``angles.csv`` and the mean absolute error of each of the three
 angles; the T1 tilt error against the tilt of T1's true upper endplate. Images without measurements are
 counted; the SMAPE is also given with each of them scored as a prediction of 0 (100 % for that image).
@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from inference.cobb import endplate_tilt_deg, smape
+from inference.analysis.cobb import endplate_tilt_deg, smape
+from inference.analysis.levels import to_spine_labels
+from inference.analysis.measure import measure
+from inference.analysis.metrics import OverlapSummary
+from inference.data.spineweb import SpineWeb
 from inference.engine import Engine
-from inference.levels import to_spine_labels
-from inference.measure import measure
-from inference.metrics import OverlapSummary
 from inference.preprocess import PreparedImage
 from inference.quality import QualityFigures, QualityThresholds, figures, judge
-from inference.spineweb import SpineWeb
 
 T1_FOUND_IOU = 0.3  # T1 counts as found above this IoU (the issue's criterion)
 GOOD_V_IOU = 0.6  # a prediction the quality flag must pass: V IoU above this and T1 found

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from inference.classes import SpineClass
-from inference.phantom import make_phantom, unit_image
+from inference.data.phantom import make_phantom, unit_image
 from inference.preprocess import from_image_file
 
 SPLIT_SEED = 42

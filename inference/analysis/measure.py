@@ -7,7 +7,7 @@ makes a 20-degree Cobb angle. Its tilt is therefore read off the column instead:
 whole predicted column (V and T1, row by row), smoothed with a Gaussian ``CENTRELINE_SIGMA`` of the
 column's height long; each vertebra's endplates are taken perpendicular to that line at its centre
 (on the validation split this brings the main-curve error from ~35 to ~4 degrees; from the true masks
-it costs ~1 degree). These corners feed the challenge's method (``inference.cobb``). Cobb angles need
+it costs ~1 degree). These corners feed the challenge's method (``inference.analysis.cobb``). Cobb angles need
 every vertebra from T1 to L5: with one missing they are not reported (the reason is), never computed
 from a partial column. T1's tilt is the mean of its quadrilateral's upper side and the centre line's.
 
@@ -27,9 +27,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from inference.cobb import CobbAngle, cobb_angles, directions, endplate_tilt_deg
-from inference.levels import VERTEBRAE, vertebra_label
-from inference.spineweb import reorder_crossed
+from inference.analysis.cobb import CobbAngle, cobb_angles, directions, endplate_tilt_deg
+from inference.analysis.levels import VERTEBRAE, vertebra_label
+from inference.data.spineweb import reorder_crossed
 
 MAX_COBB_SMAPE_PERCENT = 12.0  # validated Cobb SMAPE above this: angles withheld
 MAX_T1_TILT_MAE_DEG = 3.0  # validated T1 tilt mean absolute error above this: tilt withheld

@@ -12,7 +12,7 @@ itself: then the corners are put in angle order around their centre and the long
 edges becomes the endplates. Images whose vertebra centres are implausibly spaced (two vertebrae on top
 of each other, or a gap of several vertebra heights) are excluded, with the reason.
 
-Masks: each vertebra's quadrilateral gets its own label (``inference.levels``); the disc between two
+Masks: each vertebra's quadrilateral gets its own label (``inference.analysis.levels``); the disc between two
 consecutive vertebrae (from one's bottom corners to the next one's top corners) gets the disc label, so
 V (T2..L5 and every disc) and T1 together are one continuous column.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.levels import DISC_LABEL, VERTEBRAE, vertebra_label
+from inference.analysis.levels import DISC_LABEL, VERTEBRAE, vertebra_label
 from inference.preprocess import from_image_file
 
 N_VERTEBRAE = len(VERTEBRAE)  # 17

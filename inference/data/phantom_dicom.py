@@ -25,7 +25,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import DSfloat
 
-from inference.phantom import BITS_STORED, Phantom, make_phantom
+from inference.data.phantom import BITS_STORED, Phantom, make_phantom
 
 DX_PRESENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 IMPLEMENTATION_VERSION = "SPINENODE_PH1"

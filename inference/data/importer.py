@@ -1,7 +1,7 @@
 """Import a seed app checkpoint (``.pth``) as a SpineNode model: ``models/<name>/weights.pt`` plus ``model.json``.
 
 The checkpoint is read with ``weights_only=True`` (no arbitrary code runs), its architecture is recognised from
-its keys and shapes (``inference.seed_models.identify_state_dict``), and it is loaded with ``strict=True`` into
+its keys and shapes (``inference.networks.seed_models.identify_state_dict``), and it is loaded with ``strict=True`` into
 the matching module before anything is written, so an imported model is known to load in the engine.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from inference.architectures import build_model
 from inference.model_card import WEIGHTS_FILE, ModelCard, sha256_of
-from inference.seed_models import SEED_INPUT_SIZES, identify_state_dict
+from inference.networks.architectures import build_model
+from inference.networks.seed_models import SEED_INPUT_SIZES, identify_state_dict
 
 SEED_ENCODERS: dict[str, str | None] = {
     "seed_deeplabv3_resnet50": "resnet50",

@@ -4,7 +4,7 @@ Each sample is a window cut from a native-resolution training image the way the 
 anchor placed where a first pass might have put T1: the true T1's centre moved by up to
 ``MAX_SHIFT_SPANS`` vertebra spacings (mostly upwards, where the first pass's misses lie), sideways and
 in width; ``NEGATIVE_P`` of the windows are centred on a vertebra further down (T1 out of view: the
-model learns to find none). Rotation, flip and the photometric changes of ``inference.augment`` follow.
+model learns to find none). Rotation, flip and the photometric changes of ``inference.data.augment`` follow.
 Three classes: background, V (every other vertebra and disc), T1 (the SpineClass order). Loss:
 cross-entropy plus soft Dice of T1. Validation after every epoch on the validation split's windows
 (anchors at the true T1 and one spacing above and below it); the best T1 IoU is kept, with a checkpoint
@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from inference.architectures import build_model
-from inference.augment import FLIP_P, ROTATION_DEG, photometric
+from inference.analysis.levels import vertebra_label
 from inference.classes import CLASS_NAMES, SpineClass
-from inference.level_training import DATA_CITATION, WARMUP_STEPS, WEIGHT_DECAY, _init_weights
-from inference.levels import vertebra_label
+from inference.data.augment import FLIP_P, ROTATION_DEG, photometric
+from inference.data.spineweb import SPLIT_SEED, SpineWeb
+from inference.learning.level_training import DATA_CITATION, WARMUP_STEPS, WEIGHT_DECAY, _init_weights
 from inference.model_card import WEIGHTS_FILE, ModelCard, sha256_of
-from inference.spineweb import SPLIT_SEED, SpineWeb
+from inference.networks.architectures import build_model
 from inference.top_pass import MAX_SHIFT_SPANS, TOP_INPUT, Anchor, anchor_of, window, window_matrix
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def train_top(cfg: TopTrainConfig) -> ModelCard:
             "data_summary": data.summary(),
             "split": {"seed": SPLIT_SEED, "train": len(train_pos), "validation": len(val_pos)},
             "recipe": {
-                "task": "T1 in a window around a displaced anchor (inference.top_pass, inference.top_training)",
+                "task": "T1 in a window around a displaced anchor (inference.top_pass, learning.top_training)",
                 "optimizer": "AdamW",
                 "lr": cfg.lr,
                 "batch_size": cfg.batch_size,
@@ -251,7 +251,7 @@ def train_top(cfg: TopTrainConfig) -> ModelCard:
     return card
 
 
-if __name__ == "__main__":  # pragma: no cover - python -m inference.top_training DATA OUT MINUTES [--resume]
+if __name__ == "__main__":  # pragma: no cover - python -m inference.learning.top_training DATA OUT MINUTES [--resume]
     logging.basicConfig(level=logging.INFO)
     args = sys.argv[1:]
     train_top(

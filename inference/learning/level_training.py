@@ -1,10 +1,10 @@
 """Training on real radiographs with vertebra landmarks (SpineWeb dataset 16): the node's shipped models.
 
-The network predicts the 19 level classes of ``inference.levels`` (background, T1..L5, disc); V and T1
+The network predicts the 19 level classes of ``inference.analysis.levels`` (background, T1..L5, disc); V and T1
 follow from them. Recipe (defaults below): AdamW, warm-up then cosine decay over a step count or a
 wall-clock budget (whichever ends first, so a run on a busy CPU still finishes on time), batch 4,
 loss = cross-entropy over the level classes + soft Dice over the grouped V and T1, every sample a fresh
-random view (``inference.augment``). Validation after every epoch on the fixed validation split at model
+random view (``inference.data.augment``). Validation after every epoch on the fixed validation split at model
 resolution; the best (V IoU + T1 IoU) weights are kept. A checkpoint after every epoch lets an
 interrupted run continue with ``resume=True``.
 """
@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from inference.architectures import build_model
-from inference.augment import Stored, augment
-from inference.levels import DISC_LABEL, LEVEL_CLASS_ORDER, NUM_LEVEL_CLASSES, to_spine_labels
-from inference.metrics import OverlapSummary
+from inference.analysis.levels import DISC_LABEL, LEVEL_CLASS_ORDER, NUM_LEVEL_CLASSES, to_spine_labels
+from inference.analysis.metrics import OverlapSummary
+from inference.data.augment import Stored, augment
+from inference.data.spineweb import SPLIT_SEED, VALIDATION_IMAGES, SpineWeb
 from inference.model_card import WEIGHTS_FILE, ModelCard, sha256_of
+from inference.networks.architectures import build_model
 from inference.preprocess import to_model_input
-from inference.spineweb import SPLIT_SEED, VALIDATION_IMAGES, SpineWeb
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def train_levels(cfg: LevelTrainConfig) -> ModelCard:
                 "batch_size": cfg.batch_size,
                 "loss": f"{CE_WEIGHT} CE (background {BACKGROUND_WEIGHT}, T1 {T1_WEIGHT}, others 1) "
                 f"+ {DICE_WEIGHT} soft Dice (V, T1)",
-                "augmentation": "inference.augment: zoom in/out, aspect, rotation, flip, background fill, black "
+                "augmentation": "inference.data.augment: zoom in/out, aspect, rotation, flip, background fill, black "
                 "masking, gamma, low contrast, blur, noise, drawn lines, rulers, text",
                 "steps": step,
                 "max_steps": cfg.max_steps,

@@ -3,7 +3,7 @@
 Every network is built with random initial weights (``encoder_weights=None``): nothing is downloaded.
 The three product architectures take any segmentation-models-pytorch encoder; ResNet-50 is the reference
 configuration, the shipped CPU demo models use MobileNetV2. The seed app's three checkpoint layouts are
-registered too (``inference.seed_models``), so their ``.pth`` files load with ``strict=True``.
+registered too (``inference.networks.seed_models``), so their ``.pth`` files load with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import segmentation_models_pytorch as smp
 from torch import nn
 
 from inference.classes import NUM_CLASSES
-from inference.dense_decoder import DeepLabV3PlusDense
+from inference.networks.dense_decoder import DeepLabV3PlusDense
 
 DEFAULT_ENCODER = "resnet50"  # the reference configuration of the product architectures
 
@@ -46,7 +46,7 @@ def _dense(encoder: str, classes: int) -> nn.Module:
 
 def _seed(name: str) -> Callable[[str, int], nn.Module]:
     def build(_encoder: str, _classes: int) -> nn.Module:
-        from inference import seed_models  # torchvision-heavy; imported on demand
+        from inference.networks import seed_models  # torchvision-heavy; imported on demand
 
         return seed_models.SEED_BUILDERS[name]()
 

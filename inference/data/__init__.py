@@ -1,0 +1,1 @@
+"""Labelled images: SpineWeb dataset 16, COCO annotations, the phantom (and its DICOM forms), augmentation."""
