@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.node_bench import StoreSCP, end_to_end, medians, phantom_files, start_node
+from bench.node_run import StoreSCP, end_to_end, medians, phantom_files, start_node
 from inference.settings import InferenceSettings
 
 

@@ -43,6 +43,7 @@ DEFAULT_PORT = 11112  # the registered DICOM port (PS3.8 Annex G) that needs no 
 DEFAULT_DATA_DIR = Path("./var")  # instance files, outputs and the SQLite audit database
 DEFAULT_MODEL = "spinenode-deeplabv3plus-dense"  # trained on real radiographs; the demo-* models on phantoms
 DEFAULT_WORKERS = 1  # inference threads; one suits a 2-core machine (the model uses the cores)
+AUTO = "auto"  # workers = "auto" (or worker_processes): one worker process per core beside the receiver
 RETRY_INITIAL_S = 5.0  # first delivery retry after this many seconds
 RETRY_MAX_S = 60.0  # backoff doubles up to this cap
 RETRY_MAX_ATTEMPTS = 30  # then the delivery is marked failed (about 25 minutes of outage at the cap)
@@ -117,6 +118,7 @@ class Route:
     modality: str | None = None
     body_part: str | None = None
     view_position: str | None = None
+    flip_agreement: bool | None = None  # the mirror-image pass for this route; None: the node's setting
 
     def matches(self, called_ae: str, calling_ae: str, modality: str, body_part: str, view: str) -> bool:
         pairs = (
@@ -140,6 +142,9 @@ class NodeConfig:
     routes: tuple[Route, ...] = ()  # extra routes, tried in order before the default route
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE
     workers: int = DEFAULT_WORKERS
+    # worker processes beside the receiver, each with ``workers`` threads; 0: the workers are threads of the
+    # receiving process (``--workers auto``: one process per core, ``roles.processes``)
+    worker_processes: int = 0
     retry_initial_s: float = RETRY_INITIAL_S
     retry_max_s: float = RETRY_MAX_S
     retry_max_attempts: int = RETRY_MAX_ATTEMPTS
@@ -249,6 +254,10 @@ def load_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
     if os.environ.get(DB_URL_ENV):  # the environment overrides the file; --db-url overrides both
         values["db_url"] = os.environ[DB_URL_ENV]
     values.update({k: v for k, v in overrides.items() if v is not None and v != () and v != []})
+    if values.get("workers") == AUTO:  # one single-thread worker process per core
+        values["workers"], values["worker_processes"] = DEFAULT_WORKERS, AUTO
+    if values.get("worker_processes") == AUTO:
+        values["worker_processes"] = max(1, os.cpu_count() or 1)
     cfg = NodeConfig(**values)
     return _validated(cfg)
 
@@ -262,6 +271,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         "port",
         "model",
         "workers",
+        "worker_processes",
         "max_backlog",
         "min_free_disk_mb",
         "max_pixels",
@@ -340,7 +350,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     match_keys = ("called_ae", "calling_ae", "modality", "body_part", "view_position")
     for i, r in enumerate(typed(raw, "routes", list, "", [])):
         where = f"[[routes]] #{i + 1}"
-        check_keys(r, {"model", "destinations", *match_keys}, where)
+        check_keys(r, {"model", "destinations", "flip_agreement", *match_keys}, where)
         model = typed(r, "model", str, where)
         if not model:
             raise ConfigError(f"{where}: model is required")
@@ -348,6 +358,7 @@ def _from_toml(raw: dict[str, Any]) -> dict[str, Any]:
             Route(
                 model=model,
                 destinations=tuple(parse_destination(d) for d in _strings(r, "destinations", where)),
+                flip_agreement=typed(r, "flip_agreement", bool, where),
                 **{k: typed(r, k, str, where) for k in match_keys},
             )
         )
@@ -470,6 +481,8 @@ def _validated(cfg: NodeConfig) -> NodeConfig:
         raise ConfigError(f"HTTP port {cfg.http_port} out of range")
     if cfg.workers < 0:
         raise ConfigError("workers must be 0 or more")
+    if cfg.worker_processes < 0:
+        raise ConfigError('worker_processes must be 0 or more (or "auto")')
     if cfg.retry_initial_s <= 0 or cfg.retry_max_s < cfg.retry_initial_s or cfg.retry_max_attempts < 1:
         raise ConfigError("retry settings: need 0 < initial_s <= max_s and max_attempts >= 1")
     if not 0.0 <= cfg.accuracy_alert_below <= 1.0 or cfg.accuracy_recent < 1:

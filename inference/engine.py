@@ -25,7 +25,7 @@ from inference.onnx_runtime import OnnxRunner, prepare_onnx
 from inference.prediction import ClassStats, Prediction, class_stats, labels_at_native
 from inference.preprocess import PreparedImage, to_model_input
 from inference.quality import QualityThresholds, assess
-from inference.settings import DEFAULT_CACHE_DIR, DEFAULT_RUNTIME, checked_runtime
+from inference.settings import DEFAULT_CACHE_DIR, DEFAULT_MODEL_THREADS, DEFAULT_RUNTIME, checked_runtime
 from inference.top_pass import second_pass, spine_labels
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class Engine:
         module: torch.nn.Module | None = None,
         runtime: str | None = None,
         cache_dir: Path = DEFAULT_CACHE_DIR,
+        threads: int = DEFAULT_MODEL_THREADS,
     ) -> None:
         self.card = card
         runtime = checked_runtime(runtime or ("torch" if module is not None else DEFAULT_RUNTIME))
@@ -88,7 +89,7 @@ class Engine:
         self._onnx: OnnxRunner | None = None
         self.runtime_info: dict[str, Any] = {"runtime": "torch", "requested": runtime}
         if runtime == "onnx":
-            self._onnx, self.runtime_info = prepare_onnx(card, lambda: self.module, cache_dir)
+            self._onnx, self.runtime_info = prepare_onnx(card, lambda: self.module, cache_dir, threads)
             if self._onnx is not None and module is None:
                 self._module = None  # exported and checked: the torch weights are not kept (reloaded if asked)
         if self._onnx is None and self._module is None:  # on torch: load now, not on the first image
@@ -96,7 +97,7 @@ class Engine:
         self._top: Engine | None = None  # the T1 second pass (inference.top_pass), from the same directory
         if card.top_pass and card.directory is not None:
             top = find_card(card.top_pass, card.directory.parent, part=True)
-            self._top = Engine(top, runtime=runtime, cache_dir=cache_dir)
+            self._top = Engine(top, runtime=runtime, cache_dir=cache_dir, threads=threads)
 
     @property
     def module(self) -> torch.nn.Module:

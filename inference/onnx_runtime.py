@@ -35,7 +35,7 @@ import numpy as np
 
 from inference.model_card import ModelCard, sha256_of
 from inference.preprocess import to_model_input
-from inference.settings import DEFAULT_CACHE_DIR
+from inference.settings import DEFAULT_CACHE_DIR, DEFAULT_MODEL_THREADS
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPSET = 17
-INTRA_OP_THREADS = 2  # a 2-core machine: both cores for one forward pass, passes one after another
 CHECK_SEEDS = (910000, 910001, 910002)  # phantoms of the numerical check (never used in training)
 CHECK_HEIGHT = 768
 MAX_ABS_LOGIT_DIFF = 1e-2
@@ -108,11 +107,12 @@ def export_onnx(module: torch.nn.Module, input_size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-def ort_session(model: bytes | str) -> Any:
+def ort_session(model: bytes | str, threads: int = DEFAULT_MODEL_THREADS) -> Any:
+    """A CPU session: ``threads`` intra-op threads, one operator after another."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = INTRA_OP_THREADS
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -155,7 +155,10 @@ class OnnxRunner:
 
 
 def prepare_onnx(
-    card: ModelCard, module: Callable[[], torch.nn.Module], cache_dir: Path = DEFAULT_CACHE_DIR
+    card: ModelCard,
+    module: Callable[[], torch.nn.Module],
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    threads: int = DEFAULT_MODEL_THREADS,
 ) -> tuple[OnnxRunner | None, dict[str, Any]]:
     """The checked ONNX Runtime session for ``card`` (taken from ``cache_dir``, or exported from the torch
     module that ``module()`` loads - only then), and what happened.
@@ -174,13 +177,13 @@ def prepare_onnx(
             info["check"] = check.to_json()
             if not check.passed:
                 raise RuntimeError(f"recorded numerical check failed ({check_path})")
-            runner = OnnxRunner(ort_session(str(path)))
+            runner = OnnxRunner(ort_session(str(path), threads))
             info.update({"runtime": "onnx", "cache_hit": True})
             return runner, info
         torch_module = module()
         t0 = time.perf_counter()
         model = export_onnx(torch_module, card.input_size)
-        session = ort_session(model)
+        session = ort_session(model, threads)
         check = _compare(session, torch_module, card, time.perf_counter() - t0)
         info["check"] = check.to_json()
         try:

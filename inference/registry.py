@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inference.model_card import find_card, list_cards
-from inference.settings import DEFAULT_CACHE_DIR, DEFAULT_RUNTIME, PROJECT_MODELS_DIR, InferenceSettings
+from inference.settings import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_MODEL_THREADS,
+    DEFAULT_RUNTIME,
+    PROJECT_MODELS_DIR,
+    InferenceSettings,
+)
 
 if TYPE_CHECKING:
     from inference.engine import Engine
@@ -17,21 +23,27 @@ log = logging.getLogger(__name__)
 
 
 class ModelRegistry:
-    """The models of one directory, each run on ``runtime`` with exports cached in ``cache_dir``."""
+    """The models of one directory, each run on ``runtime`` with exports cached in ``cache_dir`` and
+    ``threads`` threads per forward pass."""
 
     def __init__(
-        self, root: Path | None = None, runtime: str = DEFAULT_RUNTIME, cache_dir: Path = DEFAULT_CACHE_DIR
+        self,
+        root: Path | None = None,
+        runtime: str = DEFAULT_RUNTIME,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
+        threads: int = DEFAULT_MODEL_THREADS,
     ) -> None:
         self.root = root or PROJECT_MODELS_DIR
         self.runtime = runtime
         self.cache_dir = cache_dir
+        self.threads = threads
         self._engines: dict[str, Engine] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: InferenceSettings) -> ModelRegistry:
-        return cls(settings.models_dir, settings.runtime, settings.cache_dir)
+        return cls(settings.models_dir, settings.runtime, settings.cache_dir, settings.model_threads)
 
     def get(self, name: str) -> Engine:
         """The engine for ``name``; raises KeyError (unknown model) or the load error."""
@@ -42,7 +54,8 @@ class ModelRegistry:
                     # PyTorch is imported here, on first use (seconds): the node listens before that
                     from inference.engine import Engine
 
-                    engine = Engine(find_card(name, self.root), runtime=self.runtime, cache_dir=self.cache_dir)
+                    card = find_card(name, self.root)
+                    engine = Engine(card, runtime=self.runtime, cache_dir=self.cache_dir, threads=self.threads)
                 except Exception as exc:
                     self._errors[name] = f"{type(exc).__name__}: {exc}"
                     raise

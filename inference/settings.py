@@ -19,6 +19,7 @@ PROJECT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 RUNTIMES = ("onnx", "torch")
 DEFAULT_RUNTIME = "onnx"  # ONNX Runtime on a checked export; torch when that fails
 DEFAULT_CACHE_DIR = Path("~/.cache/spinenode/onnx")
+DEFAULT_MODEL_THREADS = 2  # ONNX Runtime intra-op threads of one forward pass: both cores of a 2-core machine
 
 
 class RuntimeSelectionError(ValueError):
@@ -37,8 +38,11 @@ class InferenceSettings:
     models_dir: Path = PROJECT_MODELS_DIR
     runtime: str = DEFAULT_RUNTIME
     cache_dir: Path = DEFAULT_CACHE_DIR
+    model_threads: int = DEFAULT_MODEL_THREADS  # per forward pass (1 in each of ``--workers auto``'s processes)
 
     def __post_init__(self) -> None:
+        if self.model_threads < 1:
+            raise ValueError(f"model_threads must be 1 or more, not {self.model_threads}")
         object.__setattr__(self, "runtime", checked_runtime(self.runtime))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
 

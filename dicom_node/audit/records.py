@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -122,6 +123,7 @@ class JobRecord(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
     called_ae: Mapped[str] = mapped_column(String(16), default="")
+    flip_agreement: Mapped[bool | None] = mapped_column(Boolean)  # the route's choice; NULL: the node's setting
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     inference_ms: Mapped[float | None] = mapped_column(Float)
     total_ms: Mapped[float | None] = mapped_column(Float)

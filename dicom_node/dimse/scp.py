@@ -407,6 +407,7 @@ class Receiver:
                 model=route.model,
                 destinations=[str(d) for d in route.destinations],
                 called_ae=called_ae,
+                flip_agreement=route.flip_agreement,
             )
             return job.id, False
 

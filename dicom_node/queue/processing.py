@@ -57,6 +57,7 @@ class JobResult:
     outputs: dict[OutputKind, Dataset]
     timings_ms: dict[str, float]  # stage -> milliseconds (kept in the job's audit metrics)
     weights_sha256: str = ""  # the full weights identity (the prediction's model version is its prefix)
+    flip_agreement: bool = True  # whether the mirror-image pass ran
 
 
 class Processor:
@@ -80,14 +81,19 @@ class Processor:
         self.vertebra_segments = vertebra_segments  # a SEG segment per vertebra, for models with levels
         self.decoded = decoded  # images the receiver of this process decoded already
 
-    def segment(self, ds: Dataset, model: str, prepared: PreparedImage | None = None) -> JobResult:
+    def segment(
+        self, ds: Dataset, model: str, prepared: PreparedImage | None = None, flip_agreement: bool | None = None
+    ) -> JobResult:
+        """Segment ``ds`` with ``model`` and build its outputs; ``flip_agreement`` overrides the node's setting
+        (a route's choice)."""
         engine = self.models.get(model)
+        flip = self.flip_agreement if flip_agreement is None else flip_agreement
         started = datetime.now()
         t0 = time.perf_counter()
         if prepared is None:
             prepared = from_dataset(ds)
         t1 = time.perf_counter()
-        prediction = engine.predict(prepared, pixel_spacing_mm(ds), flip_agreement=self.flip_agreement)
+        prediction = engine.predict(prepared, pixel_spacing_mm(ds), flip_agreement=flip)
         t2 = time.perf_counter()
         built = build_outputs(
             ds,
@@ -104,7 +110,7 @@ class Processor:
         timings = {"decode_preprocess": t1 - t0, "predict": t2 - t1, "build_outputs": t3 - t2}
         timings_ms = {k: round(v * 1000, 1) for k, v in timings.items()} | built.timings_ms
         timings_ms["forward"] = round(prediction.forward_ms, 1)  # of "predict": the models alone
-        return JobResult(prediction, outputs, timings_ms, engine.card.weights_sha256)
+        return JobResult(prediction, outputs, timings_ms, engine.card.weights_sha256, flip)
 
     def run(self, job_id: int, holder: JobQueue | None = None, attempt: int | None = None) -> None:
         """Run one job. With ``holder`` (the queue that claimed it) and ``attempt`` (the claim's attempt
@@ -115,12 +121,13 @@ class Processor:
             job = s.get(JobRecord, job_id)
             assert job is not None
             path, model, destinations = job.instance.path, job.model, list(job.destinations)
+            flip_agreement = job.flip_agreement
             study_uid, source_uid = job.instance.study_instance_uid, job.instance.sop_instance_uid
         t_read = time.perf_counter()
         cached = self.decoded.pop(job_id) if self.decoded is not None else None
         ds, prepared = cached if cached is not None else (dcmread(path), None)
         read_ms = (time.perf_counter() - t_read) * 1000
-        result = self.segment(ds, model, prepared)
+        result = self.segment(ds, model, prepared, flip_agreement)
         result.timings_ms["read"] = round(read_ms, 1)  # 0 when the receiver handed the decoded image over
         t_write = time.perf_counter()
         files = {}
@@ -159,6 +166,7 @@ class Processor:
                 **result.prediction.to_json(),
                 "weights_sha256": result.weights_sha256,
                 "timings_ms": result.timings_ms,
+                "flip_agreement": result.flip_agreement,  # whether the mirror-image pass ran
             }
             job.error = None
             set_state(s, job, JobState.DONE, worker=str(holder.identity) if holder is not None else None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,11 @@ from dicom_node.queue.leases import LeaseKeeper, WorkerIdentity
 from dicom_node.queue.processing import Processor, WorkerPool
 from dicom_node.reference.evaluation import Evaluator
 from dicom_node.retention.prune import Pruner
+from dicom_node.roles.processes import WorkerProcesses, threads_each
 from dicom_node.storage import Storage
 from inference.model_card import find_card
 from inference.registry import ModelRegistry
+from inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +90,26 @@ class Node:
     warmup: threading.Thread | None = None  # loads and warms the models while associations are accepted
     leases: LeaseKeeper | None = None  # renews this process's job/delivery leases, reclaims expired ones
     pruner: Pruner | None = None  # retention: deletes delivered data once old enough ([retention])
+    processes: WorkerProcesses | None = None  # worker processes beside this one (``worker_processes``)
 
     @classmethod
     def compose(cls, config: NodeConfig, models: ModelRegistry | None = None) -> Node:
+        """The node's parts. With ``config.worker_processes``, the jobs are run by that many worker
+        processes (each ``config.workers`` threads, the cores shared out among their models) and by no
+        thread of this process."""
+        processes = None
+        models = models or ModelRegistry()
+        if config.worker_processes:
+            n = config.worker_processes
+            settings = InferenceSettings(models.root, models.runtime, models.cache_dir, threads_each(n))
+            child = replace(config, worker_processes=0, workers=max(1, config.workers))
+            processes = WorkerProcesses(child, settings, n, verbose=log.isEnabledFor(logging.DEBUG))
+            config = replace(config, workers=0)
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = AuditDB(config.database_url)  # a SQLite file by default, or a server URL
         storage = Storage(config.data_dir)
         identity = WorkerIdentity.current()
         queue = JobQueue(db, identity, config.lease_s)
-        models = models or ModelRegistry()
         # the receiver's decoded images for this process's workers (none kept without workers)
         decoded = DecodedCache(DECODED_CACHE_ITEMS if config.workers else 0)
         processor = Processor(
@@ -127,6 +140,7 @@ class Node:
             receiver,
             leases=leases,
             pruner=pruner,
+            processes=processes,
         )
 
     def start(self, preload: bool = True) -> int:
@@ -146,12 +160,17 @@ class Node:
             self.leases.start()
         if self.pruner is not None:
             self.pruner.start()
+        if self.processes is not None:
+            model_names(self.config, self.models)  # an unknown model stops the start here, not in each process
+            self.processes.start()
         self.port = self.receiver.start()
         return self.port
 
     def stop(self) -> None:
         log.info("stopping: no new instances, finishing jobs in hand")
         self.receiver.stop()
+        if self.processes is not None:
+            self.processes.stop()  # each finishes the job in hand
         if self.pruner is not None:
             self.pruner.stop()
         self.workers.stop()
@@ -193,4 +212,5 @@ class Node:
             "references": reference_segs,
             "disk": disk,
             "device": "cpu",
+            "worker_processes": self.processes.status() if self.processes is not None else None,
         }

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 
 from dicom_node.config import DEFAULT_CHARACTER_SET
 from dicom_node.writers import uids
@@ -107,15 +110,16 @@ def build_outputs(
         return uids.output_uid(source.SOPInstanceUID, card.name, card.weights_sha256, kind)
 
     software = software_version()
-    t0 = time.perf_counter()
-    seg = None
-    if prediction.quality.reliable:
-        seg = build_segmentation(
+    source.walk(_read)  # every element parsed now: the writers below read the source from two threads
+    seg_uid, seg_series_uid = uid(uids.SEG), uid(uids.SEG_SERIES)
+
+    def segmentation() -> Dataset:
+        return build_segmentation(
             source,
             prediction.labels,
             card,
-            series_uid=uid(uids.SEG_SERIES),
-            sop_uid=uid(uids.SEG),
+            series_uid=seg_series_uid,
+            sop_uid=seg_uid,
             series_number=SEG_SERIES_NUMBER,
             manufacturer=MANUFACTURER,
             series_description=description("Spine segmentation", card),
@@ -124,37 +128,70 @@ def build_outputs(
             content_qualification=RESEARCH,  # every model: research, not for diagnosis
             levels=prediction.levels if vertebra_segments else None,
         )
-    t1 = time.perf_counter()
-    sr = build_measurement_report(
-        source,
-        seg,
-        prediction,
-        card,
-        series_uid=uid(uids.SR_SERIES),
-        sop_uid=uid(uids.SR),
-        series_number=SR_SERIES_NUMBER,
-        manufacturer=MANUFACTURER,
-        series_description=description("Spine measurements", card),
-        software_versions=software,
-        disclaimer=disclaimer(card),
-    )
-    t2 = time.perf_counter()
-    sc = build_overlay(
-        source,
-        prediction,
-        card,
-        series_uid=uid(uids.SC_SERIES),
-        sop_uid=uid(uids.SC),
-        series_number=SC_SERIES_NUMBER,
-        manufacturer=MANUFACTURER,
-        series_description=description("Spine overlay", card),
-        software_versions=software,
-        display_image=display_image,
-    )
-    t3 = time.perf_counter()
+
+    def report() -> Dataset:
+        seg = evidence_of(source, seg_series_uid, seg_uid) if prediction.quality.reliable else None
+        return build_measurement_report(
+            source,
+            seg,
+            prediction,
+            card,
+            series_uid=uid(uids.SR_SERIES),
+            sop_uid=uid(uids.SR),
+            series_number=SR_SERIES_NUMBER,
+            manufacturer=MANUFACTURER,
+            series_description=description("Spine measurements", card),
+            software_versions=software,
+            disclaimer=disclaimer(card),
+        )
+
+    def overlay() -> Dataset:
+        return build_overlay(
+            source,
+            prediction,
+            card,
+            series_uid=uid(uids.SC_SERIES),
+            sop_uid=uid(uids.SC),
+            series_number=SC_SERIES_NUMBER,
+            manufacturer=MANUFACTURER,
+            series_description=description("Spine overlay", card),
+            software_versions=software,
+            display_image=display_image,
+        )
+
+    # the SR (pure Python) is built in a second thread while this one builds the SEG and the SC (mostly
+    # numpy, which releases the GIL). Those two stay on the caller's thread: highdicom's image objects keep
+    # an SQLite connection usable only from the thread that made them.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sr-writer") as pool:
+        running = pool.submit(_timed, report)
+        built = {"seg": _timed(segmentation)} if prediction.quality.reliable else {}
+        built["sc"] = _timed(overlay)
+        built["sr"] = running.result()  # the SR writer's error, if any, is raised here
+    seg = built["seg"][0] if "seg" in built else None
+    sr, sc = built["sr"][0], built["sc"][0]
     stamp([ds for ds in (seg, sr, sc) if ds is not None], card, MANUFACTURER, software, started or datetime.now())
-    timings = {"build_seg": t1 - t0, "build_sr": t2 - t1, "build_sc": t3 - t2}
-    return Outputs(seg=seg, sr=sr, sc=sc, timings_ms={k: round(v * 1000, 1) for k, v in timings.items()})
+    return Outputs(seg=seg, sr=sr, sc=sc, timings_ms={f"build_{kind}": ms for kind, (_, ms) in built.items()})
 
 
-__all__ = ["MANUFACTURER", "Outputs", "build_outputs", "description", "disclaimer"]
+def _read(ds: Dataset, elem: object) -> None:
+    """``Dataset.walk`` callback: nothing (walking parses each raw element once)."""
+
+
+def _timed(build: Callable[[], Dataset]) -> tuple[Dataset, float]:
+    t0 = time.perf_counter()
+    ds = build()
+    return ds, round((time.perf_counter() - t0) * 1000, 1)
+
+
+def evidence_of(source: Dataset, series_uid: str, sop_uid: str) -> Dataset:
+    """What the SR lists of the SEG among its evidence (class, instance, series, study): the SR is built
+    beside the SEG, not after it, from the SEG's deterministic UIDs."""
+    ref = Dataset()
+    ref.SOPClassUID = SegmentationStorage
+    ref.SOPInstanceUID = sop_uid
+    ref.SeriesInstanceUID = series_uid
+    ref.StudyInstanceUID = source.StudyInstanceUID
+    return ref
+
+
+__all__ = ["MANUFACTURER", "Outputs", "build_outputs", "description", "disclaimer", "evidence_of"]

@@ -16,10 +16,12 @@ The SEG is built with ``highdicom.seg.Segmentation`` and then completed where hi
   without a Frame of Reference both are optional (PS3.3 C.7.6.16.2.1, as corrected by CP 1426), and the
   item may be empty. highdicom's reader insists on Slice Thickness in any Pixel Measures and refuses such
   a SEG; ``seg_compare.read_segmentation`` reads it (``tests/dicom_node/test_writers.py`` pins both).
-* A SEG whose 1-bit pixel data would have an odd number of bytes is written as FRACTIONAL (OCCUPANCY,
-  only 0 and the Maximum Fractional Value: the same binary mask, 8 bits a pixel). PS3.5 8.1.1 pads such
-  pixel data with one byte to an even length; OHIF 3.13's reader (dcmjs) insists on the unpadded length
-  for frames that are not whole bytes and rejects the file. A FRACTIONAL occupancy of 0 or 1 is the
+* A SEG whose 1-bit pixel data would have an odd number of bytes, of frames that are not whole bytes, is
+  written as FRACTIONAL (OCCUPANCY, only 0 and the Maximum Fractional Value: the same binary mask, 8 bits
+  a pixel). PS3.5 8.1.1 pads such pixel data with one byte to an even length; OHIF 3.13's reader (dcmjs)
+  insists on the unpadded length for frames that are not whole bytes and rejects the file (frames of
+  whole bytes with a pad byte after the last it reads: ``tests/dicom_node/test_ohif.py``). Every frame
+  counts: with a segment per vertebra a SEG has 2 + 17 frames. A FRACTIONAL occupancy of 0 or 1 is the
   standard's other encoding of the same segment (PS3.3 C.8.20.2.3), and its byte count is always even;
   OHIF reads a fractional SEG of only 0 and the maximum as binary.
 * A shared Plane Orientation (Patient) is added so that OHIF (>= 3.9) can load a SEG of a 2D image: its
@@ -159,20 +161,25 @@ def segment_descriptions(
 def segment_array(
     labels: np.ndarray, levels: np.ndarray | None = None, vertebrae: Sequence[VertebraSegment] = ()
 ) -> np.ndarray:
-    """(1, rows, columns, segments) boolean array of the segments, in segment-number order."""
-    planes = np.empty((1, *labels.shape, len(SEGMENTS) + len(vertebrae)), dtype=bool)
+    """(1, rows, columns, segments) boolean array of the segments, in segment-number order.
+
+    Each segment's plane is contiguous in memory (the array is a view of (segments, rows, columns)):
+    highdicom reads the planes one by one, and writing them strided cost twice the time."""
+    planes = np.empty((len(SEGMENTS) + len(vertebrae), *labels.shape), dtype=bool)
     for index, spec in enumerate(SEGMENTS):
-        planes[0, :, :, index] = spec.mask(labels)
+        planes[index] = spec.mask(labels)
     for index, v in enumerate(vertebrae, start=len(SEGMENTS)):
         assert levels is not None
-        planes[0, :, :, index] = levels == v.label
-    return planes
+        np.equal(levels, v.label, out=planes[index])
+    return np.moveaxis(planes, 0, -1)[None]
 
 
-def segmentation_type(rows: int, cols: int) -> hd.seg.SegmentationTypeValues:
-    """BINARY, or FRACTIONAL when BINARY's packed pixel data (one frame per segment) would need a pad byte."""
-    packed_bytes = -(-rows * cols * len(SEGMENTS) // BITS_PER_BYTE)
-    if packed_bytes % 2:
+def segmentation_type(rows: int, cols: int, frames: int) -> hd.seg.SegmentationTypeValues:
+    """BINARY, or FRACTIONAL when BINARY's packed pixel data (``frames`` frames, one per segment) would
+    need a pad byte after frames that are not whole bytes (the case OHIF's reader rejects)."""
+    pixels = rows * cols
+    packed_bytes = -(-pixels * frames // BITS_PER_BYTE)
+    if packed_bytes % 2 and pixels % BITS_PER_BYTE:
         return hd.seg.SegmentationTypeValues.FRACTIONAL
     return hd.seg.SegmentationTypeValues.BINARY
 
@@ -260,8 +267,8 @@ def build_segmentation(
     if labels.shape != (rows, cols):
         raise ValueError(f"labels of shape {labels.shape} do not match the source image ({rows}, {cols})")
     measures = pixel_measures_for(source)
-    kind = segmentation_type(rows, cols)
     vertebrae = vertebra_segments(levels)
+    kind = segmentation_type(rows, cols, len(SEGMENTS) + len(vertebrae))
     planes = segment_array(labels, levels, vertebrae)
     fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
     seg = hd.seg.Segmentation(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -90,3 +91,30 @@ def test_routes_match_in_order_then_default(tmp_path: Path) -> None:
     assert cfg.route_for("SPINENODE", "ROOM2", "DX", "SPINE", "pa").model == "pa-model"  # case-insensitive
     assert cfg.route_for("SPINENODE", "OTHER", "CR", "", "").model == "default-model"
     assert Route("m").matches("X", "Y", "", "", "")
+
+
+def test_a_route_may_turn_the_flip_agreement_off(tmp_path: Path) -> None:
+    f = tmp_path / "n.toml"
+    f.write_text('[[routes]]\ncalling_ae = "FAST"\nmodel = "m"\nflip_agreement = false\n')
+    cfg = load_config(f)
+    assert cfg.route_for("SPINENODE", "FAST", "", "", "").flip_agreement is False
+    assert cfg.route_for("SPINENODE", "OTHER", "", "", "").flip_agreement is None  # the node's setting
+    f.write_text('[[routes]]\nmodel = "m"\nflip_agreement = "off"\n')
+    with pytest.raises(ConfigError, match="flip_agreement must be bool"):
+        load_config(f)
+
+
+def test_workers_auto_is_one_worker_process_per_core(tmp_path: Path) -> None:
+    f = tmp_path / "n.toml"
+    f.write_text("[node]\nworkers = 3\n")
+    assert (load_config(f).workers, load_config(f).worker_processes) == (3, 0)  # threads of this process
+    cores = os.cpu_count() or 1
+    cfg = load_config(f, workers="auto")  # --workers auto
+    assert (cfg.workers, cfg.worker_processes) == (1, cores)  # one single-thread process per core
+    f.write_text('[node]\nworker_processes = "auto"\n')
+    assert load_config(f).worker_processes == cores
+    f.write_text("[node]\nworker_processes = 2\nworkers = 2\n")
+    assert (load_config(f).workers, load_config(f).worker_processes) == (2, 2)
+    f.write_text('[node]\nworker_processes = "many"\n')
+    with pytest.raises(ConfigError, match="worker_processes = 'many': expected an integer"):
+        load_config(f)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from dicom_node.audit.records import AssociationRecord, DeliveryState, JobRecord, JobState
 from dicom_node.audit.report import audit_report
-from dicom_node.config import DEFAULT_MODEL, Destination, NodeConfig
+from dicom_node.config import DEFAULT_MODEL, Destination, NodeConfig, Route
 from dicom_node.roles.node import Node
 from dicom_node.writers import uids
 from inference.analysis.metrics import overlap
@@ -44,6 +44,7 @@ pytestmark = pytest.mark.slow  # nodes with dcmtk peers and subprocesses
 PROJECT = Path(__file__).resolve().parents[2]
 UNRELIABLE_RADIOGRAPH = 5  # the validation image on which the default model finds no T1 (quality flag)
 MIN_REAL_SPINE_IOU = 0.6  # the default model on validation image 0: 0.80 (validation p10: 0.63)
+NO_FLIP, WITH_FLIP = "NOFLIP", "FLIP"  # calling AEs routed to the default model without / with the flip pass
 SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 
 
@@ -56,7 +57,12 @@ def node(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: 
         bind="127.0.0.1",
         model=TINY_MODEL,
         destinations=(Destination.parse(dest.destination),),
-        allowed_calling_aes=("STORESCU", "ECHOSCU"),
+        # the default model for two senders, one of them without the mirror-image pass
+        routes=(
+            Route(DEFAULT_MODEL, calling_ae=NO_FLIP, flip_agreement=False),
+            Route(DEFAULT_MODEL, calling_ae=WITH_FLIP),
+        ),
+        allowed_calling_aes=("STORESCU", "ECHOSCU", NO_FLIP, WITH_FLIP),
     )
     n = Node.compose(cfg, session_models())
     n.start()
@@ -120,6 +126,27 @@ def test_storescu_to_node_to_storescp(node: Node, dest: StoreSCP, phantom_files:
     assert "read" in job["metrics"]["timings_ms"]
     # the three outputs went out on one association, kept open for the next job
     assert node.sender.connections.opened == 1
+
+
+def test_a_route_can_turn_the_flip_agreement_off(node: Node, tmp_path: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    ds = validation_radiographs(1)[0].dataset  # the real model on a real radiograph: a column to mirror
+    paths = {}
+    for calling in (NO_FLIP, WITH_FLIP):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths[calling] = tmp_path / f"{calling}.dcm"
+        ds.save_as(paths[calling], enforce_file_format=True)
+        assert storescu(node.port, paths[calling], calling=calling).returncode == 0
+    wait_until(lambda: all(_job_state(node, p) == JobState.DONE for p in paths.values()), timeout=120)
+    with node.db.session() as s:
+        jobs = {j.instance.sop_instance_uid: (j.flip_agreement, j.metrics) for j in s.scalars(select(JobRecord))}
+    flip, metrics = jobs[str(dcmread(paths[NO_FLIP]).SOPInstanceUID)]
+    assert flip is False and metrics is not None and metrics["flip_agreement"] is False
+    assert all(c["flip_dice"] is None for c in metrics["classes"].values())  # not computed, not reported
+    flip, metrics = jobs[str(dcmread(paths[WITH_FLIP]).SOPInstanceUID)]
+    assert flip is None and metrics is not None and metrics["flip_agreement"] is True  # the node's setting
+    assert metrics["classes"]["Spine"]["flip_dice"] > 0
 
 
 def _output_uids(node: Node, sop: str) -> dict[str, str]:

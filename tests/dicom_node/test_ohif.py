@@ -74,6 +74,10 @@ CASES = (
     Case("film-2500", 940003, 2500),  # 2500 x 421, odd byte count too
     Case("unreliable", 940013, 409, reliable=False),
     Case("radiograph-levels", 0, 0, radiograph=True),  # vertebra segments, Cobb angles and T1 tilt
+    # 19 segments: 616 x 209, frames of an odd number of whole bytes (BINARY with a pad byte), and
+    # 601 x 204, frames not byte-aligned and an odd total (FRACTIONAL)
+    Case("radiograph-odd-frames", 0, 616, radiograph=True),
+    Case("radiograph-unaligned", 0, 601, radiograph=True),
 )
 
 
@@ -88,7 +92,7 @@ class Shown:
 def write_case(case: Case, folder: Path) -> tuple[str, int, int, list[Path]]:
     """Source, SEG, SR and SC of ``case`` as files; returns (study UID, columns, SR groups, files)."""
     if case.radiograph:
-        radiograph = validation_radiographs(1)[0]
+        radiograph = validation_radiographs(1, rows=case.height or None)[0]
         source, card = radiograph.dataset, make_card(demo=False)
         outputs = build_outputs(source, prediction_of(radiograph, radiograph.levels), card)
     else:
@@ -242,15 +246,16 @@ def test_unreliable_prediction_has_no_seg_and_an_sr_without_measurements(shown: 
     assert hue_mask(screenshot(shown["unreliable"], "sc"), 1).sum() <= MIN_SEGMENT_PIXELS  # no mask drawn
 
 
-def test_vertebra_segments_cobb_angles_and_t1_tilt_are_shown(shown: dict[str, Shown]) -> None:
-    result = shown["radiograph-levels"].result
+@pytest.mark.parametrize("name", [c.name for c in CASES if c.radiograph])
+def test_vertebra_segments_cobb_angles_and_t1_tilt_are_shown(shown: dict[str, Shown], name: str) -> None:
+    result = shown[name].result
     [segmentation] = result["seg"]["segmentations"]
     vertebrae = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
     assert segmentation["segments"] == [*SEGMENT_LABELS, *vertebrae]
     sr = result["sr"]
     assert sr["thumbnail"] and sr["error_toasts"] == []
     tracked = [m["tracking"] for m in sr["measurements"]]
-    assert tracked[:2] == SEGMENT_LABELS and len(tracked) == shown["radiograph-levels"].sr_groups
+    assert tracked[:2] == SEGMENT_LABELS and len(tracked) == shown[name].sr_groups
     spine = sr["measurements"][2:]
     assert len(spine) == 4  # three Cobb angles and the T1 tilt
     for m in spine:

@@ -22,6 +22,7 @@ from pydicom.uid import UID
 from dicom_node.reference.compare import read_segmentation
 from dicom_node.writers import Outputs, build_outputs
 from dicom_node.writers.overlay import NOT_FOR_DIAGNOSIS
+from dicom_node.writers.seg import segmentation_type
 from dicom_node.writers.sr import FLIP_DICE, FLIP_JACCARD, PRIVATE_SCHEME
 from dicom_node.writers.uids import output_uid
 from inference.classes import SpineClass
@@ -246,6 +247,20 @@ def test_seg_with_slice_thickness_carries_pixel_measures(phantom: Phantom, tmp_p
 
 
 @pytest.mark.parametrize(
+    ("rows", "cols", "frames", "kind"),
+    [
+        (409, 136, 2, "BINARY"),  # whole bytes
+        (401, 195, 2, "FRACTIONAL"),  # frames not byte-aligned, odd total
+        (616, 209, 19, "BINARY"),  # frames of an odd number of whole bytes: padded, and OHIF reads it
+        (2501, 846, 2, "BINARY"),  # not byte-aligned, even total with the two fixed segments ...
+        (2501, 846, 19, "FRACTIONAL"),  # ... odd with a segment per vertebra: every frame counts
+    ],
+)
+def test_seg_type_counts_every_frame(rows: int, cols: int, frames: int, kind: str) -> None:
+    assert segmentation_type(rows, cols, frames).value == kind
+
+
+@pytest.mark.parametrize(
     ("seed", "height", "kind"), [(940020, 409, "BINARY"), (940016, 401, "FRACTIONAL")], ids=["even", "odd-bytes"]
 )
 def test_seg_never_needs_a_pad_byte(tmp_path: Path, seed: int, height: int, kind: str) -> None:
@@ -331,6 +346,11 @@ def test_sr_regions_and_evidence(written: Written) -> None:
         for item in series.ReferencedSOPSequence
     }
     assert evidence == {src.SOPInstanceUID, seg.SOPInstanceUID}
+    # the SR is built beside the SEG from its UIDs: the evidence names the SEG's series and class exactly
+    [study] = sr.CurrentRequestedProcedureEvidenceSequence
+    assert study.StudyInstanceUID == seg.StudyInstanceUID
+    [seg_series] = [s for s in study.ReferencedSeriesSequence if s.SeriesInstanceUID == seg.SeriesInstanceUID]
+    assert [i.ReferencedSOPClassUID for i in seg_series.ReferencedSOPSequence] == [seg.SOPClassUID]
     assert "PertinentOtherEvidenceSequence" not in sr
     assert PRIVATE_SCHEME in {i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence}
 
