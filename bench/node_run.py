@@ -174,8 +174,14 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def start_node(
-    work: Path, model: str, dest: StoreSCP | None, workers: int = 1, settings: InferenceSettings | None = None
+    work: Path,
+    model: str,
+    dest: StoreSCP | None,
+    workers: int = 1,
+    settings: InferenceSettings | None = None,
+    worker_processes: int = 0,
 ) -> Any:
+    """An in-process node on ``work`` (``worker_processes``: its jobs run in that many processes)."""
     from dicom_node.config import Destination, NodeConfig
     from dicom_node.roles.node import Node
     from inference.registry import ModelRegistry
@@ -186,6 +192,7 @@ def start_node(
         bind="127.0.0.1",
         model=model,
         workers=workers,
+        worker_processes=worker_processes,
         destinations=(Destination(dest.ae_title, "127.0.0.1", dest.port),) if dest else (),
     )
     node = Node.compose(cfg, ModelRegistry.from_settings(settings or InferenceSettings()))

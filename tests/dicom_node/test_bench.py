@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node.config import DEFAULT_MODEL
 from tests.conftest import PROJECT, TINY_MODEL, require_tool, session_models
+from tests.radiographs import SHARED_DATA
+
+QUICK_ROWS = 512  # --quick's image height
 
 FIGURES = (
     "sgemm_gflops",
@@ -28,7 +32,11 @@ FIGURES = (
     "encode_ms",
     "send_ms",
     "end_to_end_ms",
+    "forward_in_node_ms",
+    "overhead_ms",
     "throughput_images_per_min",
+    "throughput_cpu_share",
+    "throughput_auto_images_per_min",
     "receive_ratio_vs_storescp",
     "peak_rss_mb",
     "cold_start_s",
@@ -55,11 +63,32 @@ def test_bench_quick_json_has_every_figure(models_root: Path, tmp_path: Path) ->
         assert isinstance(result[key], int | float) and result[key] > 0, key
     assert result["runtime"] == "onnx" and result["runtime_info"]["check"]["passed"]
     assert result["end_to_end"]["end_to_end_ms"] == result["end_to_end_ms"]
-    assert {"end_to_end_met", "throughput_met", "cold_start_met"} <= result["targets"].keys()
+    assert {"overhead_met", "end_to_end_met", "throughput_met", "cold_start_met"} <= result["targets"].keys()
+    assert result["overhead_ms"] < result["end_to_end_ms"] and result["input"].startswith("phantom")
     # --profile: a cProfile breakdown per in-process stage, naming the functions that stage spends its time in
     assert set(result["profiles"]) == {"decode_preprocess", "predict", "build_outputs", "encode"}
     build = Path(result["profiles"]["build_outputs"]).read_text()
     assert "cumulative" in build and "build_segmentation" in build and (profiles / "predict.pstats").is_file()
+
+
+@pytest.mark.slow
+def test_bench_quick_on_real_radiographs(tmp_path: Path) -> None:
+    """``--radiographs``: the input is real validation radiographs, the shipped default model segments them."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data/spineweb16")
+    out = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "bench", "--quick", "--json", "--radiographs", str(SHARED_DATA)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=PROJECT,
+        env=dict(os.environ),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["input"].startswith("SpineWeb dataset 16 validation radiographs")
+    assert result["model"] == DEFAULT_MODEL and result["image_size"][0] == QUICK_ROWS
+    assert 0 < result["forward_in_node_ms"] < result["end_to_end_ms"]
 
 
 @pytest.mark.slow
