@@ -270,10 +270,9 @@ def build_segmentation(
     vertebrae = vertebra_segments(levels)
     kind = segmentation_type(rows, cols, len(SEGMENTS) + len(vertebrae))
     planes = segment_array(labels, levels, vertebrae)
-    fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
     seg = hd.seg.Segmentation(
         source_images=[source],
-        pixel_array=planes.astype(np.float32) if fractional else planes,
+        pixel_array=planes,  # boolean either way: highdicom writes a FRACTIONAL occupancy of 0 and the maximum
         segmentation_type=kind,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
         segment_descriptions=segment_descriptions(card, source.SOPInstanceUID, vertebrae),
