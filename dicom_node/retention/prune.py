@@ -16,12 +16,14 @@ gets ``pruned_at`` on its ``instances``/``outputs`` row and a ``pruned`` event (
 
 Order: the row is marked pruned and the event committed first, then the file is unlinked - a crash in
 between leaves a marked file on disk, removed by the next pass (never an unaudited deletion). One pruner
-at a time: on PostgreSQL the pass holds an advisory lock, so several workers never prune together.
+at a time: on PostgreSQL the pass holds an advisory lock, on SQLite a lock file beside the database (the
+processes of ``serve --workers auto``), so several workers never prune together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import shutil
 import threading
@@ -181,8 +183,9 @@ def _one_pruner(db: AuditDB) -> Iterator[bool]:
         yield False
         return
     try:
-        if db.is_sqlite:  # one process owns a SQLite file
-            yield True
+        if db.is_sqlite:  # the processes sharing the file (serve --workers auto): a lock file beside it
+            with _sqlite_lock(db) as held:
+                yield held
             return
         with db.engine.connect() as conn:
             if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}):
@@ -194,6 +197,26 @@ def _one_pruner(db: AuditDB) -> Iterator[bool]:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
     finally:
         _THIS_PROCESS.release()
+
+
+@contextlib.contextmanager
+def _sqlite_lock(db: AuditDB) -> Iterator[bool]:
+    """Whether this process holds the pruning lock of the SQLite file (``<file>.prune-lock``, flock);
+    an in-memory database is one process's own."""
+    database = db.engine.url.database
+    if not database or database == ":memory:":
+        yield True
+        return
+    with open(f"{database}.prune-lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def prune(

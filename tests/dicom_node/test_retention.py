@@ -205,3 +205,23 @@ def test_durations() -> None:
     assert parse_duration("90") == 90 and parse_duration("1440m") == 1
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("a while")
+
+
+def test_one_pruner_at_a_time_on_a_shared_sqlite_file(tmp_path: Path) -> None:
+    """The processes of ``serve --workers auto`` share one SQLite file: a pass finds the lock beside it
+    held (here by another open file description, as another process would) and prunes nothing."""
+    import fcntl
+
+    from dicom_node.audit.records import AuditDB
+    from dicom_node.storage import Storage
+
+    db = AuditDB(tmp_path / "spinenode.db")
+    try:
+        policy = RetentionPolicy(instances_days=30, outputs_days=30)
+        with open(tmp_path / "spinenode.db.prune-lock", "a") as other:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert prune(db, Storage(tmp_path), policy).skipped == "another pruner is running"
+            fcntl.flock(other, fcntl.LOCK_UN)
+        assert prune(db, Storage(tmp_path), policy).skipped is None  # free again
+    finally:
+        db.dispose()
