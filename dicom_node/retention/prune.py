@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ from dicom_node.storage import Storage
 
 log = logging.getLogger(__name__)
 
+LOCK_FILE_MODE = 0o600  # like every file of the data directory
 ADVISORY_LOCK_KEY = 0x5350_494E  # "SPIN": the PostgreSQL advisory lock one pruning pass holds
 AWAITED = (ReferenceState.WAITING, ReferenceState.DUE, ReferenceState.EVALUATING)
 MB = 2**20
@@ -207,16 +209,19 @@ def _sqlite_lock(db: AuditDB) -> Iterator[bool]:
     if not database or database == ":memory:":
         yield True
         return
-    with open(f"{database}.prune-lock", "a") as fh:
+    fd = os.open(f"{database}.prune-lock", os.O_RDWR | os.O_CREAT, LOCK_FILE_MODE)
+    try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
         try:
             yield True
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def prune(

@@ -202,7 +202,9 @@ class Node:
             }
         models = self.models.status()
         disk = self.pruner.status() if self.pruner is not None else None
+        processes = self.processes.status() if self.processes is not None else None
         degraded = any(m["error"] for m in models) or deliveries["failed"] > 0 or bool(disk and disk["low"])
+        degraded = degraded or any(not p["running"] for p in processes or [])  # a worker process is down
         return {
             "status": "degraded" if degraded else "healthy",
             "dicom": {"ae_title": self.config.ae_title, "port": self.port, "accepting": self.receiver.accepting},
@@ -212,5 +214,5 @@ class Node:
             "references": reference_segs,
             "disk": disk,
             "device": "cpu",
-            "worker_processes": self.processes.status() if self.processes is not None else None,
+            "worker_processes": processes,
         }

@@ -69,6 +69,7 @@ def test_jobs_run_in_worker_processes_a_killed_one_is_replaced(
     assert storescu(port, *phantom_files[:2]).returncode == 0
     storescp.wait_for_files(2 * OUTPUTS_PER_IMAGE, timeout=120)
 
+    assert health(http_port)["status"] == "healthy"
     os.kill(first[0], signal.SIGKILL)  # a worker dies; the supervisor starts another after its back-off
     wait_until(lambda: health(http_port)["worker_processes"][0]["restarts"] == 1, timeout=30)
     wait_until(lambda: len(running_pids(http_port)) == cores, timeout=30)
