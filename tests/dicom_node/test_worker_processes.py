@@ -46,7 +46,9 @@ def serve(tmp_path: Path, storescp: StoreSCP) -> Iterator[tuple[subprocess.Popen
     cmd = [sys.executable, "-m", "dicom_node.cli", "serve", "--workers", "auto", "--model", TINY_MODEL]
     cmd += ["--port", str(port), "--bind", "127.0.0.1", "--http-port", str(http_port), "--data-dir", str(data)]
     cmd += ["--destination", storescp.destination]
-    proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "serve.log"  # a file, not a pipe nobody reads (a full pipe would stall the node)
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         wait_port(port, timeout=60)
         wait_port(http_port, timeout=60)
@@ -55,6 +57,7 @@ def serve(tmp_path: Path, storescp: StoreSCP) -> Iterator[tuple[subprocess.Popen
         if proc.poll() is None:
             proc.kill()
         proc.wait(STOP_S)
+        print(log.read_text()[-5000:])  # shown when the test fails
 
 
 def test_jobs_run_in_worker_processes_a_killed_one_is_replaced(
