@@ -305,6 +305,7 @@ def run_bench(
 
     work = Path(tempfile.mkdtemp(prefix="spinenode-bench-"))
     scp: StoreSCP | None = None
+    archive: StoreSCP | None = None
     node: Any = None
     try:
         n_seq = 1 + (1 if quick else 6)  # the first image warms the node up and is not counted
@@ -381,7 +382,10 @@ def run_bench(
         result["send_ms"] = _median_ms(lambda: send_files("BENCH", dest, [str(p) for p in out_paths]), repeats)
 
         # the node: one image sequentially (the first warms up), then 4 concurrent senders
-        node = start_node(work / "node", model, scp, settings=settings)
+        # the node's destination takes concurrent associations (storescp --fork), as an archive does: each
+        # worker process sends on its own association (a single-association storescp would serialise them)
+        archive = StoreSCP(work / "dest-node", extra=("--fork",))
+        node = start_node(work / "node", model, archive, settings=settings)
         e2e = end_to_end(node, files[:n_seq])[1:]
         result["end_to_end"] = medians(e2e)
         result["end_to_end_ms"] = result["end_to_end"]["end_to_end_ms"]
@@ -392,7 +396,7 @@ def run_bench(
         node.stop()
         node = None
         # the same with one worker process per core (serve --workers auto), after one warm-up image
-        node = start_node(work / "auto", model, scp, settings=settings, worker_processes=os.cpu_count() or 1)
+        node = start_node(work / "auto", model, archive, settings=settings, worker_processes=os.cpu_count() or 1)
         end_to_end(node, files[:1])
         auto = throughput(node, parallel, 1)
         result.update({f"{k.replace('throughput', 'throughput_auto')}": v for k, v in auto.items()})
@@ -416,6 +420,8 @@ def run_bench(
 
         rss_models = [model] if quick else [c.name for c in list_cards(settings.models_dir)]
         result["peak_rss_models"] = rss_models
+        for name in rss_models:  # each export made and checked here first: the measured process only loads
+            Engine(find_card(name, settings.models_dir), runtime=settings.runtime, cache_dir=settings.cache_dir)
         result["peak_rss_mb"] = peak_rss_mb(rss_models, settings)
         result["cold_start_s"] = cold_start_s(model, work / "cold")
     finally:
@@ -423,6 +429,8 @@ def run_bench(
             node.stop()
         if scp is not None:
             scp.stop()
+        if archive is not None:
+            archive.stop()
         shutil.rmtree(work, ignore_errors=True)
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = targets(result)

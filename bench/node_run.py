@@ -169,8 +169,9 @@ def end_to_end(node: Any, files: list[Path], jobs_before: int = 0) -> list[dict[
 
 
 def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, v in rows[0].items() if isinstance(v, int | float)]
-    return {k: round(statistics.median(r[k] for r in rows), 1) for k in keys}
+    """The median of each figure over the rows that have it (an unreliable prediction has no SEG timing)."""
+    keys = dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, int | float))
+    return {k: round(statistics.median(r[k] for r in rows if k in r), 1) for k in keys}
 
 
 def start_node(

@@ -26,7 +26,7 @@ def _die_with_parent(parent: int) -> None:
 
 def main() -> int:
     from dicom_node.cli import configure_logging
-    from dicom_node.roles.processes import taken_over
+    from dicom_node.roles.processes import WAKE_SIGNAL, taken_over
     from dicom_node.roles.worker import WorkerNode
     from inference.registry import ModelRegistry
 
@@ -37,6 +37,7 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node = WorkerNode.compose(config, ModelRegistry.from_settings(settings))
+    signal.signal(WAKE_SIGNAL, lambda *_: node.queue.notify())  # serve: "a job is queued"
     node.start()
     stop.wait()
     node.stop()

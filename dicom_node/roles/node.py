@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -74,6 +75,16 @@ def warm_up(models: ModelRegistry, names: list[str]) -> None:
         log.warning("warming up the writers failed", exc_info=True)
 
 
+def _wake_both(queue: JobQueue, processes: WorkerProcesses) -> Callable[[], None]:
+    """A job is queued (or a comparison due): wake this process's workers and the worker processes."""
+
+    def wake() -> None:
+        queue.notify()
+        processes.notify()
+
+    return wake
+
+
 @dataclass
 class Node:
     config: NodeConfig
@@ -124,7 +135,8 @@ class Node:
         evaluator = Evaluator(db, storage, models.root, identity, config.lease_s)
         sender = Sender(config, db, identity)
         workers = WorkerPool(queue, processor, config.workers, on_done=sender.notify, evaluator=evaluator)
-        receiver = Receiver(config, db, storage, on_job=queue.notify, on_reference=queue.notify, decoded=decoded)
+        wake = queue.notify if processes is None else _wake_both(queue, processes)
+        receiver = Receiver(config, db, storage, on_job=lambda _job: wake(), on_reference=wake, decoded=decoded)
         leases = LeaseKeeper(db, identity, config.lease_s, on_reclaim=queue.notify)
         pruner = Pruner(db, storage, config.retention, config.min_free_disk_mb)
         return cls(

@@ -7,12 +7,18 @@ receiving and acknowledging; the jobs it queues are claimed by whichever process
 leased claim of ``queue.jobs``), so a process that dies loses nothing: its job's lease expires and
 another takes it, and the supervisor here starts a new process after a back-off.
 
+A job queued by the receiver wakes the worker processes at once: ``notify`` sends them SIGUSR1, which
+their entry point turns into a wake-up of their queue (they otherwise poll it every second). ``serve``
+ignores SIGUSR1 itself, so a process that has not installed its handler yet inherits "ignore", never
+"terminate".
+
 A worker process runs in its own session (a Ctrl-C in the terminal reaches only ``serve``, which then
 stops its workers: each finishes the job in hand) and asks the kernel to end it if ``serve`` dies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -34,6 +40,7 @@ RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # before the 1st, 2nd, ... rest
 HEALTHY_AFTER_S = 60.0  # a process that ran this long starts its slot's back-off again from the first step
 STOP_TIMEOUT_S = 90.0  # for a worker to finish the job in hand after SIGTERM; then SIGKILL
 POLL_S = 0.5  # how often the supervisor looks at its processes
+WAKE_SIGNAL = signal.SIGUSR1  # "a job is queued", to the worker processes
 
 
 def auto_count() -> int:
@@ -68,11 +75,27 @@ class WorkerProcesses:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="worker-processes", daemon=True)
+        self._wakes = False
 
     def start(self) -> None:
+        try:  # inherited by the workers until they handle it (see the module docstring)
+            signal.signal(WAKE_SIGNAL, signal.SIG_IGN)
+            self._wakes = True
+        except ValueError:  # not the main thread: no wake-ups, the workers poll
+            self._wakes = False
         for slot in self._slots:
             self._spawn(slot)
         self._thread.start()
+
+    def notify(self) -> None:
+        """Wake the worker processes: a job is queued."""
+        if not self._wakes:
+            return
+        for slot in self._slots:
+            proc = slot.proc
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(WAKE_SIGNAL)
 
     def _spawn(self, slot: _Slot) -> None:
         proc = subprocess.Popen(
