@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from bench.node_run import end_to_end, medians, phantom_files, radiograph_files, start_node, wait_delivered
+from dicom_node.config import cores
 from dicom_node.testing.peers import TOOL_ENV, StoreSCP, find_tool, free_port, storescu
 from inference.settings import InferenceSettings
 
@@ -396,7 +397,7 @@ def run_bench(
         node.stop()
         node = None
         # the same with one worker process per core (serve --workers auto), after one warm-up image
-        node = start_node(work / "auto", model, archive, settings=settings, worker_processes=os.cpu_count() or 1)
+        node = start_node(work / "auto", model, archive, settings=settings, worker_processes=cores())
         end_to_end(node, files[:1])
         auto = throughput(node, parallel, 1)
         result.update({f"{k.replace('throughput', 'throughput_auto')}": v for k, v in auto.items()})

@@ -234,6 +234,11 @@ class NodeConfig:
         return self.all_routes()[-1]
 
 
+def cores() -> int:
+    """This machine's cores: how many worker processes ``auto`` means."""
+    return max(1, os.cpu_count() or 1)
+
+
 def load_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
     """Read the TOML file (explicit path, $SPINENODE_CONFIG, or the project default) and apply overrides.
 
@@ -257,7 +262,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
     if values.get("workers") == AUTO:  # one single-thread worker process per core
         values["workers"], values["worker_processes"] = DEFAULT_WORKERS, AUTO
     if values.get("worker_processes") == AUTO:
-        values["worker_processes"] = max(1, os.cpu_count() or 1)
+        values["worker_processes"] = cores()
     cfg = NodeConfig(**values)
     return _validated(cfg)
 

@@ -20,7 +20,8 @@ def registry_of(args: argparse.Namespace) -> Any:
 def engine_of(args: argparse.Namespace, card: Any) -> Any:
     from inference.engine import Engine
 
-    return Engine(card, runtime=args.inference.runtime, cache_dir=args.inference.cache_dir)
+    settings = args.inference
+    return Engine(card, runtime=settings.runtime, cache_dir=settings.cache_dir, threads=settings.model_threads)
 
 
 __all__ = ["CLIError", "engine_of", "registry_of"]

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from dicom_node.config import NodeConfig
+from dicom_node.config import NodeConfig, cores
 from inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,9 @@ POLL_S = 0.5  # how often the supervisor looks at its processes
 WAKE_SIGNAL = signal.SIGUSR1  # "a job is queued", to the worker processes
 
 
-def auto_count() -> int:
-    """One worker process per core."""
-    return max(1, os.cpu_count() or 1)
-
-
 def threads_each(processes: int) -> int:
     """Model threads of each of ``processes`` worker processes: the cores shared out, at least one."""
-    return max(1, auto_count() // max(1, processes))
+    return max(1, cores() // max(1, processes))
 
 
 @dataclass
@@ -69,7 +64,6 @@ class WorkerProcesses:
     def __init__(self, config: NodeConfig, settings: InferenceSettings, count: int, verbose: bool = False) -> None:
         self.config = config
         self.settings = settings
-        self.count = count
         self.verbose = verbose
         self._slots = [_Slot(i) for i in range(count)]
         self._stop = threading.Event()
@@ -187,4 +181,4 @@ def taken_over(stream: IO[bytes]) -> tuple[NodeConfig, InferenceSettings, bool, 
     return config, settings, verbose, parent
 
 
-__all__ = ["WorkerProcesses", "auto_count", "handover", "taken_over", "threads_each"]
+__all__ = ["WorkerProcesses", "handover", "taken_over", "threads_each"]
