@@ -20,10 +20,10 @@ $(STAMP): requirements.txt pyproject.toml
 run: setup
 	$(VENV)/bin/spinenode serve --http-port $(HTTP_PORT)
 
-# dcmtk and dciodvfy (every test), Orthanc with its DICOMweb plugin (tests/dicom_node/test_orthanc.py),
-# Node.js and npm (tests/dicom_node/test_viewers.py runs OHIF's readers; npm ci installs them),
-# Chromium (tests/dicom_node/test_http_browser.py drives the web page with playwright-core; no download),
-# PostgreSQL's server binaries (tests/dicom_node/test_postgres.py starts a throwaway cluster: initdb, pg_ctl),
+# dcmtk and dciodvfy (every test), Orthanc with its DICOMweb plugin (tests/dicom_node/viewers/test_orthanc.py),
+# Node.js and npm (tests/dicom_node/viewers/test_viewers.py runs OHIF's readers; npm ci installs them),
+# Chromium (tests/dicom_node/http/test_http_browser.py drives the web page with playwright-core; no download),
+# PostgreSQL's server binaries (tests/dicom_node/roles/test_postgres.py starts a throwaway cluster: initdb, pg_ctl),
 # PixelMed's validators (pixelmed-apps with java: tests/pixelmed.py, a second validator beside dciodvfy).
 debian-tools:
 	@missing=""; \

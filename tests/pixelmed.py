@@ -7,7 +7,7 @@ style sheets. Without java or the jar a test is skipped on a developer machine a
 
 PixelMed's 2022 rules contradict the standard in three places that a SEG of a projection radiograph
 meets; those errors are listed in :data:`KNOWN_DEFECTS` with the reason, and :func:`pixelmed_errors`
-leaves them out (``tests/dicom_node/test_pixelmed.py`` pins that they still occur, so a fixed PixelMed
+leaves them out (``tests/dicom_node/writers/test_pixelmed.py`` pins that they still occur, so a fixed PixelMed
 shows up).
 """
 

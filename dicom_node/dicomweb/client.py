@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from pydicom.filereader import read_file_meta_info
 
-from dicom_node.config_web import StowDestination, StowSettings
+from dicom_node.config.web import StowDestination, StowSettings
 from dicom_node.dicomweb.message import (
     DICOM_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,

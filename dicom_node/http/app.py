@@ -41,7 +41,7 @@ from starlette.types import Message, Receive
 
 from dicom_node.audit.records import OutputKind
 from dicom_node.audit.report import recent_jobs
-from dicom_node.config_web import is_loopback
+from dicom_node.config.web import is_loopback
 from dicom_node.http import auth
 from dicom_node.http.stow import add_stow_routes
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES, SegmentRequest, UploadError, result_path, segment_upload

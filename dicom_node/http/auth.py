@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dicom_node.audit.records import AuditDB
 from dicom_node.config import NodeConfig
-from dicom_node.config_web import HttpToken, HttpUser
+from dicom_node.config.web import HttpToken, HttpUser
 from dicom_node.http.passwords import DUMMY_HASH, token_sha256
 
 SESSION_COOKIE = "spinenode_session"

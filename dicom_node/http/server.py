@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from dicom_node.config_web import is_loopback
+from dicom_node.config.web import is_loopback
 from dicom_node.http.app import build_app
 from dicom_node.http.uploads import MAX_UPLOAD_BYTES
 

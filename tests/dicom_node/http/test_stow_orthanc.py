@@ -31,7 +31,7 @@ from dicom_node.audit.records import (
     OutputRecord,
 )
 from dicom_node.config import NodeConfig, StowDestination
-from dicom_node.config_web import HttpToken, StowSettings
+from dicom_node.config.web import HttpToken, StowSettings
 from dicom_node.dicomweb.message import multipart_body, new_boundary, request_content_type
 from dicom_node.http.passwords import new_token, token_sha256
 from dicom_node.http.server import HttpServer

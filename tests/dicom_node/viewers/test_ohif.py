@@ -33,8 +33,7 @@ from inference.data.phantom import make_phantom
 from inference.data.phantom_dicom import phantom_to_dataset
 from inference.prediction import Quality
 from tests.conftest import PROJECT, npm_ci, require_tool, storescu
-from tests.dicom_node.test_spine_sr import prediction_of
-from tests.dicom_node.test_writers import fake_prediction, make_card
+from tests.dicom_node.outputs import fake_prediction, make_card, prediction_of
 from tests.ohif import OhifServer, ohif_dist
 from tests.orthanc import OrthancServer
 from tests.radiographs import validation_radiographs

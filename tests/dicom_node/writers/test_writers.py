@@ -29,13 +29,12 @@ from inference.classes import SpineClass
 from inference.data.phantom import Phantom, make_phantom
 from inference.data.phantom_dicom import phantom_to_dataset
 from inference.model_card import DEMO_DISCLAIMER, ModelCard
-from inference.prediction import Prediction, class_stats
+from inference.prediction import Prediction
 from tests.dciodvfy import dciodvfy_errors
+from tests.dicom_node.outputs import OTHER_WEIGHTS, WEIGHTS, fake_prediction, make_card
 
 SEED = 920000
 HEIGHT = 520
-WEIGHTS = "ab" * 32
-OTHER_WEIGHTS = "cd" * 32
 SEG_CLASS, SR_CLASS, SC_CLASS = (
     "1.2.840.10008.5.1.4.1.1.66.4",
     "1.2.840.10008.5.1.4.1.1.88.34",
@@ -44,25 +43,6 @@ SEG_CLASS, SR_CLASS, SC_CLASS = (
 SPINE_CODE, T1_CODE, ANATOMICAL_STRUCTURE = "421060004", "64864005", "91723000"
 AREA_CODE, PROBABILITY_CODE, MEAN_CODE = "42798000", "122157", "373098007"
 IMAGE_LIBRARY = "111028"
-
-
-def make_card(weights: str = WEIGHTS, demo: bool = True) -> ModelCard:
-    return ModelCard(
-        name="test-model",
-        display_name="Test model",
-        architecture="unet",
-        encoder=None,
-        input_size=(64, 32),
-        weights_sha256=weights,
-        demo=demo,
-    )
-
-
-def fake_prediction(p: Phantom, card: ModelCard, spacing: tuple[float, float] | None) -> Prediction:
-    """A prediction equal to the true mask, with the mirrored mask standing in for the flipped run."""
-    confidence = np.where(p.mask == 2, 0.9, np.where(p.mask == 1, 0.7, 0.6)).astype(np.float32)  # per class
-    stats = class_stats(p.mask, confidence, spacing, np.ascontiguousarray(p.mask[:, ::-1]))
-    return Prediction(p.mask, confidence, stats, card.name, card.version, card.demo, 0.0)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from inference.classes import SpineClass
 from inference.data.phantom import make_phantom
 from inference.data.phantom_dicom import phantom_to_dataset
 from tests.conftest import PROJECT, npm_ci, require_tool
-from tests.dicom_node.test_writers import fake_prediction, make_card
+from tests.dicom_node.outputs import fake_prediction, make_card
 
 pytestmark = pytest.mark.slow  # OHIF's readers in Node.js
 

@@ -20,7 +20,7 @@ from dicom_node.writers.source import TYPE2_PATIENT_STUDY, writable_source
 from inference.data.phantom import make_phantom
 from inference.data.phantom_dicom import phantom_to_dataset
 from tests.dciodvfy import dciodvfy_errors
-from tests.dicom_node.test_writers import fake_prediction, make_card
+from tests.dicom_node.outputs import fake_prediction, make_card
 
 SEED = 920001
 HEIGHT = 256

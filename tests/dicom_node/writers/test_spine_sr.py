@@ -17,10 +17,9 @@ from pydicom.dataset import Dataset
 from dicom_node.writers import build_outputs
 from dicom_node.writers.spine_sr import COBB_ANGLE, T1_TILT, vertebra_code
 from inference.analysis.levels import vertebra_label
-from inference.analysis.measure import measure
-from inference.prediction import Prediction, Quality, class_stats
+from inference.prediction import Quality
 from tests.dciodvfy import dciodvfy_errors
-from tests.dicom_node.test_writers import make_card
+from tests.dicom_node.outputs import make_card, prediction_of
 from tests.pixelmed import pixelmed_errors, sr_errors
 from tests.radiographs import SHARED_DATA, Radiograph, validation_radiographs
 
@@ -30,17 +29,6 @@ pytestmark = [pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shar
 @pytest.fixture(scope="module")
 def radiograph() -> Radiograph:
     return validation_radiographs(1)[0]
-
-
-def prediction_of(radiograph: Radiograph, levels: np.ndarray) -> Prediction:
-    """A prediction equal to ``levels`` (true labels), with its measurements."""
-    labels = radiograph.truth
-    confidence = np.full(labels.shape, 0.9, np.float32)
-    stats = class_stats(labels, confidence, None, np.ascontiguousarray(labels[:, ::-1]))
-    card = make_card(demo=False)
-    return Prediction(
-        labels, confidence, stats, card.name, card.version, False, 0.0, levels=levels, measurements=measure(levels)
-    )
 
 
 def groups_of(sr: Dataset) -> list[Dataset]:

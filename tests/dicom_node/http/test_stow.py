@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from dicom_node.audit.records import AssociationRecord, InstanceRecord, JobRecord, JobState
 from dicom_node.config import NodeConfig
-from dicom_node.config_web import HttpToken, StowDestination, StowSettings
+from dicom_node.config.web import HttpToken, StowDestination, StowSettings
 from dicom_node.dicomweb.client import Outcome, StowClient
 from dicom_node.dicomweb.message import (
     TAG_ERROR_COMMENT,

@@ -47,14 +47,13 @@ from dicom_node.writers.seg import SPINE_SEGMENT, T1_SEGMENT
 from inference.data.phantom import make_phantom
 from tests.conftest import StoreSCP, free_port, make_tiny_model, session_models, storescu, wait_until
 from tests.dciodvfy import dciodvfy_errors
+from tests.dicom_node.outputs import PHANTOM_HEIGHT, SPINE_CODE, T1_CODE, reference_seg, truth
 
 pytestmark = pytest.mark.slow  # a node with dcmtk peers
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR3D_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 PHANTOM_SEEDS = (900000, 900001, 900002)  # the seeds of tests.conftest's phantom_files
-PHANTOM_HEIGHT = 640
-SPINE_CODE, T1_CODE = "421060004", "64864005"
 SEGMENT_LABELS = {SPINE_CODE: "Spine", T1_CODE: "T1 vertebra"}
 TOLERANCE = 1e-3
 # A tiny random U-Net++ predicts every class somewhere (the default tiny model predicts only background,
@@ -64,48 +63,6 @@ REQUIRED_CONTEXTS = ("-R",)  # storescu: propose the SOP class of the files (dcm
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-def truth(seed: int) -> dict[str, np.ndarray]:
-    """The phantom's true masks of our two segments, by property type code."""
-    mask = make_phantom(seed, height=PHANTOM_HEIGHT).mask
-    return {SPINE_CODE: mask > 0, T1_CODE: mask == 2}
-
-
-def reference_seg(source_path: Path, seed: int, out: Path, kinds: tuple[str, ...] = (T1_CODE, SPINE_CODE)) -> Path:
-    """A reader's SEG of the true masks: MANUAL segments in ``kinds`` order, a viewer as manufacturer."""
-    source = dcmread(source_path)
-    masks = truth(seed)
-    property_types = {SPINE_CODE: codes.SCT.Spine, T1_CODE: codes.SCT.T1Vertebra, "rib": codes.SCT.Rib}
-    planes = [masks.get(kind, np.zeros_like(masks[SPINE_CODE])) for kind in kinds]
-    if "rib" in kinds:
-        planes[kinds.index("rib")][:10, :10] = True
-    seg = hd.seg.Segmentation(
-        source_images=[source],
-        pixel_array=np.stack(planes, axis=-1)[None],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=f"reader {kind}",
-                segmented_property_category=codes.SCT.AnatomicalStructure,
-                segmented_property_type=property_types[kind],
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            )
-            for number, kind in enumerate(kinds, start=1)
-        ],
-        series_instance_uid=hd.UID(),
-        series_number=300,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="Reading room viewer",
-        manufacturer_model_name="Viewer",
-        software_versions="1.0",
-        device_serial_number="1",
-    )
-    path = out / f"reference-{seg.SOPInstanceUID}.dcm"
-    path.write_bytes(dataset_bytes(seg))
-    return path
-
-
 def our_masks(seg_path: str | Path) -> dict[str, np.ndarray]:
     """Our SEG's masks by property type code, read with pydicom only (frame -> segment -> code)."""
     ds = dcmread(seg_path)
@@ -191,7 +148,7 @@ def test_comparison_reads_our_seg_for_every_source_kind(tmp_path: Path, spacing:
     from dicom_node.writers import build_outputs
     from dicom_node.writers.evaluation_sr import build_evaluation_report
     from inference.data.phantom_dicom import phantom_to_dataset
-    from tests.dicom_node.test_writers import fake_prediction, make_card
+    from tests.dicom_node.outputs import fake_prediction, make_card
 
     seed = PHANTOM_SEEDS[0]
     phantom = make_phantom(seed, height=PHANTOM_HEIGHT)

@@ -86,8 +86,7 @@ def a_due_reference(db: AuditDB, folder: Path) -> Due:
     from dicom_node.writers import build_outputs
     from inference.data.phantom import make_phantom
     from inference.data.phantom_dicom import phantom_to_dataset
-    from tests.dicom_node.test_reference_eval import PHANTOM_HEIGHT, reference_seg
-    from tests.dicom_node.test_writers import fake_prediction, make_card
+    from tests.dicom_node.outputs import PHANTOM_HEIGHT, fake_prediction, make_card, reference_seg
 
     seed = 910001
     phantom = make_phantom(seed, height=PHANTOM_HEIGHT)

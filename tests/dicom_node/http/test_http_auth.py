@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from dicom_node.config import ConfigError, NodeConfig, load_config
-from dicom_node.config_web import HttpToken, HttpUser
+from dicom_node.config.web import HttpToken, HttpUser
 from dicom_node.http.auth import SESSION_COOKIE
 from dicom_node.http.passwords import ScryptHash, hash_password, new_token, token_sha256
 from dicom_node.http.server import HttpServer, InsecureServer

@@ -71,7 +71,8 @@ def _job(node: Node, uid: str) -> dict:  # type: ignore[type-arg]
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory, dest: StoreSCP, models_root: Path) -> Iterator[Filled]:
-    from tests.dicom_node.test_reference_eval import PHANTOM_HEIGHT, REQUIRED_CONTEXTS, reference_seg
+    from tests.dicom_node.outputs import PHANTOM_HEIGHT, reference_seg
+    from tests.dicom_node.reference.test_reference_eval import REQUIRED_CONTEXTS
 
     folder = tmp_path_factory.mktemp("retention-in")
     down = Destination("DOWN", "127.0.0.1", free_port())  # nobody listens

@@ -18,7 +18,7 @@ from inference.data.phantom import make_phantom
 from inference.data.phantom_dicom import phantom_to_dataset
 from inference.prediction import Quality
 from tests.dciodvfy import dciodvfy_errors
-from tests.dicom_node.test_writers import fake_prediction, make_card
+from tests.dicom_node.outputs import fake_prediction, make_card
 from tests.pixelmed import KNOWN_DEFECTS, UNRECOGNISED, pixelmed_errors, pixelmed_lines, sr_errors
 
 pytestmark = pytest.mark.slow
