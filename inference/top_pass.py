@@ -93,8 +93,10 @@ def renumber(levels: np.ndarray, t1: np.ndarray) -> np.ndarray:
     in top-down order (by centre); the column above the new T1 (in a band around it) becomes background;
     the old T1 below it, pieces above the new T1's centre and vertebrae past L5 keep the column, labelled as
     disc (no level). Works in the bounding box of the column."""
-    ys, xs = np.nonzero((levels > 0) | t1)
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    mask = levels > 0
+    mask |= t1
+    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
     out = levels.copy()
     out[y0:y1, x0:x1] = _renumbered(levels[y0:y1, x0:x1], t1[y0:y1, x0:x1], levels.shape[1] // BAND_MARGIN)
     return out
@@ -106,12 +108,10 @@ def _renumbered(levels: np.ndarray, t1: np.ndarray, margin: int) -> np.ndarray:
     band = np.zeros(levels.shape, bool)
     band[:top, max(0, int(cols.min()) - margin) : int(cols.max()) + 1 + margin] = True
     keep = ~band & ~t1
-    rows = np.broadcast_to(np.arange(levels.shape[0], dtype=np.float64)[:, None], levels.shape)
-    kept = np.where(keep, levels, 0).ravel()
-    counts = np.bincount(kept, minlength=NUM_LEVEL_CLASSES)
-    row_sums = np.bincount(kept, weights=rows.ravel(), minlength=NUM_LEVEL_CLASSES)
-    t1_centre = float(rows[t1].mean())
-    lut = np.arange(NUM_LEVEL_CLASSES, dtype=np.uint8)
+    counts, row_sums = level_rows(levels, keep)
+    t1_rows = np.count_nonzero(t1, axis=1)
+    t1_centre = float(t1_rows @ np.arange(levels.shape[0])) / float(t1_rows.sum())
+    lut = np.arange(256, dtype=np.uint8)  # cv2.LUT's table size for 8-bit labels
     lut[vertebra_label(0) : DISC_LABEL] = DISC_LABEL  # every vertebra: column without a level, unless named below
     pieces = sorted(
         (row_sums[label] / counts[label], label)
@@ -124,24 +124,64 @@ def _renumbered(levels: np.ndarray, t1: np.ndarray, margin: int) -> np.ndarray:
             continue  # above the new T1's centre or past L5
         lut[label] = vertebra_label(name)
         name += 1
-    out = np.where(keep, lut[levels], levels)
+    out = np.where(keep, cv2.LUT(levels, lut), levels)
     out[band & (levels > 0)] = 0  # cervical: the column starts at T1
     out[t1] = vertebra_label(0)
     return out
 
 
+def level_rows(levels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per level label, its pixel count where ``keep`` and the sum of those pixels' row numbers (one 2-D
+    histogram of label and row; exact integers: float32 row numbers are exact below 2**24)."""
+    rows = levels.shape[0]
+    row_index = np.ascontiguousarray(np.broadcast_to(np.arange(rows, dtype=np.float32)[:, None], levels.shape))
+    hist = cv2.calcHist(
+        [levels.astype(np.float32), row_index],
+        [0, 1],
+        keep.astype(np.uint8),
+        [NUM_LEVEL_CLASSES, rows],
+        [0, NUM_LEVEL_CLASSES, 0, rows],
+    ).astype(np.float64)
+    return hist.sum(axis=1), hist @ np.arange(rows, dtype=np.float64)
+
+
 def refine(levels: np.ndarray, t1_probability: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """New level labels and the T1 probability at native size from the second pass's T1 probability
-    (window size), or None (no T1 found there)."""
+    (window size), or None (no T1 found there). The probability is mapped back only over the window's
+    footprint on the image (zero elsewhere, as the whole-image mapping would give)."""
     rows, cols = levels.shape
-    inverse = cv2.invertAffineTransform(m)
-    native = cv2.warpAffine(
-        t1_probability.astype(np.float32), inverse, (cols, rows), flags=cv2.INTER_LINEAR, borderValue=0.0
-    )
-    t1 = _largest(native > 0.5)
-    if int(np.count_nonzero(t1)) < MIN_T1_PIXELS:
+    box = _footprint(m, (rows, cols))
+    if box is None:
         return None
+    y0, y1, x0, x1 = box
+    to_window = m.astype(np.float64) @ np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
+    part = cv2.warpAffine(
+        t1_probability.astype(np.float32),
+        to_window,
+        (x1 - x0, y1 - y0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderValue=0.0,
+    )
+    piece = _largest(part > 0.5)
+    if int(np.count_nonzero(piece)) < MIN_T1_PIXELS:
+        return None
+    native = np.zeros((rows, cols), np.float32)
+    native[y0:y1, x0:x1] = part
+    t1 = np.zeros((rows, cols), bool)
+    t1[y0:y1, x0:x1] = piece
     return renumber(levels, t1), native
+
+
+def _footprint(m: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The native rows and columns (y0, y1, x0, x1) the window of ``m`` covers, a pixel of interpolation
+    around it, clipped to the image; None when it lies outside."""
+    h, w = TOP_INPUT
+    corners = np.array([[0.0, 0.0], [w, 0.0], [0.0, h], [w, h]]) - 0.5
+    native = cv2.transform(corners[None], cv2.invertAffineTransform(m))[0]
+    x0, y0 = np.floor(native.min(axis=0)).astype(int) - 1
+    x1, y1 = np.ceil(native.max(axis=0)).astype(int) + 2
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(shape[1], x1), min(shape[0], y1)
+    return (int(y0), int(y1), int(x0), int(x1)) if x0 < x1 and y0 < y1 else None
 
 
 def second_pass(

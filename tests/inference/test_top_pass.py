@@ -1,4 +1,5 @@
-"""The top-of-spine second pass: its window, and the merge when it finds T1 one vertebra off."""
+"""The top-of-spine second pass: its window, the merge when it finds T1 one vertebra off, and the shortcuts
+that make the merge fast (the probability mapped back over the window only, one histogram for the levels)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from inference.top_pass import (
     MIN_T1_PIXELS,
     TOP_INPUT,
     anchor_of,
+    level_rows,
     refine,
     second_pass,
     spine_labels,
@@ -95,3 +97,27 @@ def test_without_a_t1_the_first_pass_stands() -> None:
     tiny, m = t1_probability_in_window(levels, (slice(box(1)[0].start, box(1)[0].start + 5), slice(LEFT, LEFT + 5)))
     assert MIN_T1_PIXELS > 25 and refine(levels, tiny, m) is None  # a speck is no T1
     assert second_pass(nothing, [image], [np.zeros_like(levels)]) == [None]  # nothing to centre a window on
+
+
+def test_mapping_back_over_the_window_matches_the_whole_image() -> None:
+    levels = first_pass_calling_c7_t1()
+    probability, m = t1_probability_in_window(levels, box(1))
+    probability = cv2.GaussianBlur(probability, (0, 0), 3.0)  # soft edges, as a model gives
+    refined = refine(levels, probability, m)
+    assert refined is not None
+    rows, cols = levels.shape
+    whole = cv2.warpAffine(probability, cv2.invertAffineTransform(m), (cols, rows), flags=cv2.INTER_LINEAR)
+    assert np.abs(refined[1] - whole).max() < 0.02  # the same up to fixed-point interpolation
+    assert np.count_nonzero((refined[1] > 0.5) != (whole > 0.5)) <= 0.01 * np.count_nonzero(whole > 0.5)
+
+
+def testlevel_rows_counts_as_bincount_does() -> None:
+    rng = np.random.default_rng(3)
+    levels = rng.integers(0, DISC_LABEL + 1, (700, 90), dtype=np.uint8)
+    keep = rng.random(levels.shape) > 0.3
+    counts, row_sums = level_rows(levels, keep)
+    kept = np.where(keep, levels, 0).ravel()
+    rows = np.repeat(np.arange(levels.shape[0], dtype=np.float64), levels.shape[1])
+    want_counts = np.bincount(kept, minlength=DISC_LABEL + 1)
+    want_sums = np.bincount(kept, weights=rows, minlength=DISC_LABEL + 1)
+    assert (counts[1:] == want_counts[1:]).all() and (row_sums[1:] == want_sums[1:]).all()
