@@ -164,14 +164,29 @@ def segment_array(
     """(1, rows, columns, segments) boolean array of the segments, in segment-number order.
 
     Each segment's plane is contiguous in memory (the array is a view of (segments, rows, columns)):
-    highdicom reads the planes one by one, and writing them strided cost twice the time."""
-    planes = np.empty((len(SEGMENTS) + len(vertebrae), *labels.shape), dtype=bool)
+    highdicom reads the planes one by one, and writing them strided cost twice the time. The planes start
+    zeroed and are filled only inside the bounding box of the foreground (the column is a narrow part of a
+    radiograph)."""
+    planes = np.zeros((len(SEGMENTS) + len(vertebrae), *labels.shape), dtype=bool)
+    foreground = labels != int(SpineClass.F)
+    if levels is not None:
+        foreground |= levels > 0
+    box = _bounding_box(foreground)
+    if box is None:
+        return np.moveaxis(planes, 0, -1)[None]
     for index, spec in enumerate(SEGMENTS):
-        planes[index] = spec.mask(labels)
+        planes[index][box] = spec.mask(labels[box])
     for index, v in enumerate(vertebrae, start=len(SEGMENTS)):
         assert levels is not None
-        np.equal(levels, v.label, out=planes[index])
+        np.equal(levels[box], v.label, out=planes[index][box])
     return np.moveaxis(planes, 0, -1)[None]
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def segmentation_type(rows: int, cols: int, frames: int) -> hd.seg.SegmentationTypeValues:

@@ -22,7 +22,7 @@ from pydicom.uid import UID
 from dicom_node.reference.compare import read_segmentation
 from dicom_node.writers import Outputs, build_outputs
 from dicom_node.writers.overlay import NOT_FOR_DIAGNOSIS
-from dicom_node.writers.seg import segmentation_type
+from dicom_node.writers.seg import SEGMENTS, segment_array, segmentation_type, vertebra_segments
 from dicom_node.writers.sr import FLIP_DICE, FLIP_JACCARD, PRIVATE_SCHEME
 from dicom_node.writers.uids import output_uid
 from inference.classes import SpineClass
@@ -443,3 +443,21 @@ def test_every_output_names_the_algorithm_as_contributing_equipment(phantom: Pha
         assert item.DeviceUID != retrained.ContributingEquipmentSequence[0].DeviceUID  # other weights
         assert (ds.ContentDate, ds.ContentTime) == ("20260304", "050607.890000")  # when the analysis started
     assert outputs.sr.VerificationFlag == "UNVERIFIED"
+
+
+def test_segment_planes_equal_the_labels_everywhere() -> None:
+    """The planes are filled only in the foreground's bounding box: outside it they must still be empty,
+    inside it equal to the label image, for the fixed segments and the vertebra levels alike."""
+    rng = np.random.default_rng(5)
+    labels = np.zeros((300, 120), np.uint8)
+    levels = np.zeros_like(labels)
+    labels[40:260, 30:70] = rng.integers(0, 3, (220, 40))
+    levels[labels > 0] = rng.integers(1, 19, int(np.count_nonzero(labels)))
+    vertebrae = vertebra_segments(levels)
+    planes = segment_array(labels, levels, vertebrae)[0]
+    assert planes.shape == (*labels.shape, len(SEGMENTS) + len(vertebrae))
+    for index, spec in enumerate(SEGMENTS):
+        assert (planes[..., index] == spec.mask(labels)).all()
+    for index, v in enumerate(vertebrae, start=len(SEGMENTS)):
+        assert (planes[..., index] == (levels == v.label)).all()
+    assert not segment_array(np.zeros_like(labels))[0].any()
