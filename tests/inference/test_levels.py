@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import csv
 
+import cv2
 import numpy as np
 import pytest
 
 from inference.analysis.cobb import endplate_tilt_deg
 from inference.analysis.levels import LEVEL_CLASS_ORDER, NUM_LEVEL_CLASSES, group_probabilities, native_levels
-from inference.analysis.measure import axis_corners, centreline_tilts, measure, reportable
+from inference.analysis.measure import (
+    T1_EDGE_WEIGHT,
+    axis_corners,
+    centreline_tilts,
+    measure,
+    reportable,
+    t1_tilt_deg,
+    upper_edge_tilt_deg,
+)
 from inference.data.augment import Stored, augment
 from inference.data.spineweb import SpineWeb, level_mask
 from inference.prediction import SPINE, class_stats
@@ -122,3 +131,17 @@ def test_centre_line_tilts_are_perpendicular_to_the_column() -> None:
     np.testing.assert_allclose(rebuilt.mean(axis=1), centres)  # same centre, endplates turned
     direction = rebuilt[:, 1] - rebuilt[:, 0]
     np.testing.assert_allclose(np.arctan2(direction[:, 1], direction[:, 0]), tilts, atol=1e-9)
+
+
+@pytest.mark.parametrize("angle_deg", [-12.0, 0.0, 7.5])
+def test_t1_tilt_follows_its_upper_edge(angle_deg: float) -> None:
+    """A T1 drawn as a rotated box (rising to the right for positive angles, as the SR states): the line
+    fitted to its upper edge gives the angle; the centre line only nudges it by its weight."""
+    piece = np.zeros((200, 260), np.uint8)
+    box = cv2.boxPoints(((130.0, 100.0), (120.0, 70.0), -angle_deg)).astype(np.int32)  # cv2: y down
+    cv2.fillPoly(piece, [box], 1)
+    edge = upper_edge_tilt_deg(piece)
+    assert edge is not None and edge == pytest.approx(angle_deg, abs=1.0)
+    assert t1_tilt_deg(piece, 0.0) == pytest.approx(T1_EDGE_WEIGHT * edge, abs=1e-9)
+    assert upper_edge_tilt_deg(np.zeros_like(piece)) is None
+    assert t1_tilt_deg(np.zeros_like(piece), 3.0) == 3.0  # no edge to fit: the centre line's
