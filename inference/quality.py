@@ -1,13 +1,16 @@
 """The quality flag: is a prediction a plausible spine, or specks that must not be presented as a result?
 
-Four checks on the native-resolution labels (thresholds per model, fitted on its validation split and
+Five checks on the native-resolution labels (thresholds per model, fitted on its validation split and
 stored in the model card as ``quality_thresholds``; the defaults below apply to models without them):
 
 * the column (V or T1) covers at least ``min_column_percent`` of the image;
 * its largest connected piece holds at least ``min_largest_share`` of it (not fragmented);
 * T1 is found: at least ``min_t1_share`` of the column's pixels;
 * the flip agreement (Dice of the column with the mirrored image's prediction) is at least
-  ``min_flip_dice``, when it was computed.
+  ``min_flip_dice``, when it was computed;
+* T1's own flip agreement is at least ``min_t1_flip_dice``, when T1 is found and the flip agreement was
+  computed: a mirror image that puts T1 on another vertebra shows a level the model is unsure of (on the
+  validation split this catches T1 one vertebra off, which the column checks cannot see).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ MIN_COLUMN_PERCENT = 0.5  # % of the image
 MIN_LARGEST_SHARE = 0.75  # of the column's pixels in its largest 8-connected piece
 MIN_T1_SHARE = 0.01  # T1 pixels / column pixels (T1 is about 1/25 of T1..L5 with discs)
 MIN_FLIP_DICE = 0.6
+MIN_T1_FLIP_DICE = 0.3  # T1 pixels of the image and of its mirror image, Dice
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class QualityThresholds:
     min_largest_share: float = MIN_LARGEST_SHARE
     min_t1_share: float = MIN_T1_SHARE
     min_flip_dice: float = MIN_FLIP_DICE
+    min_t1_flip_dice: float = MIN_T1_FLIP_DICE
 
     @classmethod
     def from_card(cls, values: dict[str, Any] | None) -> QualityThresholds:
@@ -51,6 +56,7 @@ class QualityFigures:
     largest_share: float
     t1_share: float
     flip_dice: float | None
+    t1_flip_dice: float | None = None
 
 
 def figures(labels: np.ndarray, classes: dict[str, ClassStats]) -> QualityFigures:
@@ -66,6 +72,7 @@ def figures(labels: np.ndarray, classes: dict[str, ClassStats]) -> QualityFigure
         largest_share=largest / n if n else 0.0,
         t1_share=t1 / n if n else 0.0,
         flip_dice=classes[SPINE].flip_dice if SPINE in classes else None,
+        t1_flip_dice=classes["T1"].flip_dice if "T1" in classes else None,
     )
 
 
@@ -75,8 +82,11 @@ def judge(f: QualityFigures, t: QualityThresholds) -> Quality:
         reasons.append(f"vertebral column too small ({f.column_percent:.2f} % of the image)")
     elif f.largest_share < t.min_largest_share:
         reasons.append(f"vertebral column fragmented (largest piece {100 * f.largest_share:.0f} %)")
-    if f.column_percent >= t.min_column_percent and f.t1_share < t.min_t1_share:
+    t1_found = f.column_percent >= t.min_column_percent and f.t1_share >= t.min_t1_share
+    if f.column_percent >= t.min_column_percent and not t1_found:
         reasons.append("T1 not found")
+    if t1_found and f.t1_flip_dice is not None and f.t1_flip_dice < t.min_t1_flip_dice:
+        reasons.append(f"T1 level uncertain: the mirror image puts T1 elsewhere (T1 flip Dice {f.t1_flip_dice:.2f})")
     if f.flip_dice is not None and f.flip_dice < t.min_flip_dice:
         reasons.append(f"unstable under mirroring (flip Dice {f.flip_dice:.2f})")
     return Quality(not reasons, reasons)

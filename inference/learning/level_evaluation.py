@@ -48,11 +48,15 @@ def fit_thresholds(rows: list[tuple[QualityFigures, bool]]) -> QualityThresholds
     if not good:
         return QualityThresholds()
     flips = [f.flip_dice for f in good if f.flip_dice is not None]
+    t1_flips = [f.t1_flip_dice for f in good if f.t1_flip_dice is not None]
     return QualityThresholds(
         min_column_percent=round(FIT_MARGIN * min(f.column_percent for f in good), 4),
         min_largest_share=round(FIT_MARGIN * min(f.largest_share for f in good), 4),
         min_t1_share=round(FIT_MARGIN * min(f.t1_share for f in good), 5),
         min_flip_dice=round(max(0.0, min(flips) - FLIP_MARGIN), 4) if flips else QualityThresholds().min_flip_dice,
+        min_t1_flip_dice=(
+            round(max(0.0, min(t1_flips) - FLIP_MARGIN), 4) if t1_flips else QualityThresholds().min_t1_flip_dice
+        ),
     )
 
 
@@ -157,7 +161,7 @@ def evaluate_spineweb(
             "thresholds": fitted.to_json(),
             "rule": f"pass every validation prediction with V IoU > {GOOD_V_IOU} and T1 IoU > {T1_FOUND_IOU}: "
             f"{FIT_MARGIN} x the lowest column size, largest-piece share and T1 share among them, and their lowest "
-            f"flip Dice minus {FLIP_MARGIN}",
+            f"flip Dice and T1 flip Dice minus {FLIP_MARGIN}",
             "flagged_among_good": sum(fl for fl, (_, ok) in zip(flagged, rows, strict=True) if ok),
             "flagged_among_poor": sum(fl for fl, (_, ok) in zip(flagged, rows, strict=True) if not ok),
             "poor_predictions": n_bad,

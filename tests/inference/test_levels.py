@@ -81,6 +81,9 @@ def test_quality_flag() -> None:
     assert not q.reliable and "too small" in q.statement and "flip Dice" in q.statement
     no_t1 = QualityFigures(column_percent=8.0, largest_share=0.99, t1_share=0.0, flip_dice=0.95)
     assert judge(no_t1, t).reasons == ["T1 not found"]
+    t1_elsewhere = QualityFigures(8.0, 0.99, 0.04, flip_dice=0.95, t1_flip_dice=0.1)  # the mirror's T1: another level
+    assert not judge(t1_elsewhere, t).reliable and "T1 level uncertain" in judge(t1_elsewhere, t).statement
+    assert judge(QualityFigures(8.0, 0.99, 0.04, 0.95, t1_flip_dice=None), t).reliable  # no mirror run: no check
     labels = np.zeros((100, 50), np.uint8)
     labels[::10, ::10] = 1  # scattered specks
     classes = class_stats(labels, np.ones_like(labels, np.float32), None, labels)
