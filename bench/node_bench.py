@@ -10,6 +10,9 @@ Figures (medians unless named otherwise; the JSON holds every one, ``--json``):
 - ``decode_preprocess_ms``: read the Part 10 file, decode and window it (a ``--height`` rows 16-bit DX: the
   phantom padded to 1300 columns, or with ``--radiographs DIR`` real SpineWeb validation radiographs);
 - ``postprocess_ms``: probabilities back to native size, argmax, per-class figures and flip agreement;
+  ``predict_ms`` the whole prediction (both passes, measurements, quality flag), ``predict_no_flip_ms``
+  the same without the mirror image (a route's ``flip_agreement = false``) and ``flip_agreement_cost_ms``
+  the difference;
 - ``build_seg_ms``, ``build_sr_ms``, ``build_sc_ms``: each writer; ``encode_ms``: the three as Part 10 (the
   writers are timed on the prediction as if its quality flag held it reliable, so that the SEG and the
   measurement groups are built whatever the benchmark image gives: a cost, never an output);
@@ -50,11 +53,10 @@ from typing import Any
 import numpy as np
 
 from bench.node_run import end_to_end, medians, phantom_files, radiograph_files, start_node, wait_delivered
+from bench.report import SENDERS, format_table, targets
 from dicom_node.config import cores
 from dicom_node.testing.peers import TOOL_ENV, StoreSCP, find_tool, free_port, storescu
 from inference.settings import InferenceSettings
-
-SENDERS = 4
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -349,6 +351,9 @@ def run_bench(
             class_stats(labels, conf, spacing, flipped)
 
         result["postprocess_ms"] = _median_ms(postprocess, repeats)
+        result["predict_ms"] = _median_ms(lambda: engine.predict(prepared, spacing), repeats)
+        result["predict_no_flip_ms"] = _median_ms(lambda: engine.predict(prepared, spacing, False), repeats)
+        result["flip_agreement_cost_ms"] = round(result["predict_ms"] - result["predict_no_flip_ms"], 1)
         # timed as reliable, so that every writer runs (see the module docstring)
         prediction = dataclasses.replace(engine.predict(prepared, spacing), quality=Quality(True))
         built = [build_outputs(ds, prediction, card, display_image=prepared.image) for _ in range(repeats + 1)][1:]
@@ -438,82 +443,6 @@ def run_bench(
     return result
 
 
-# the targets (issue 18), beside the figures they bound
-OVERHEAD_LIMIT_MS = 150  # end to end minus the forward passes the node ran, 2500-row DX
-END_TO_END_FACTOR = 1.15  # end to end <= factor x forward + OVERHEAD_LIMIT_MS
-THROUGHPUT_SHARE = 0.5  # of the model's batch-1 rate, 60000 / forward_ms images/min
-RECEIVE_SHARE = 0.5  # of dcmtk storescp's receive speed
-RSS_LIMIT_MB = 1500  # every shipped model loaded
-COLD_START_LIMIT_S = 5.0  # process start to the first association
-FRACTION_OF_SGEMM = 0.7  # the ResNet-50 stand-ins' forward rate
-
-
-def targets(r: dict[str, Any]) -> dict[str, Any]:
-    """The targets, computed from the figures (informative: nothing here fails a run). The end-to-end limit
-    uses the forward time the node itself spent (both passes, image and mirror image)."""
-    fwd, in_node = r["forward_ms_median"], r["forward_in_node_ms"]
-    throughput = THROUGHPUT_SHARE * 60000 / fwd
-    return {
-        "overhead_ms_limit": OVERHEAD_LIMIT_MS,
-        "overhead_met": r["overhead_ms"] <= OVERHEAD_LIMIT_MS,
-        "end_to_end_ms_limit": round(END_TO_END_FACTOR * in_node + OVERHEAD_LIMIT_MS, 1),
-        "end_to_end_met": r["end_to_end_ms"] <= END_TO_END_FACTOR * in_node + OVERHEAD_LIMIT_MS,
-        "throughput_limit": round(throughput, 1),
-        "throughput_met": max(r["throughput_images_per_min"], r.get("throughput_auto_images_per_min", 0)) >= throughput,
-        "receive_ratio_met": r["receive_ratio_vs_storescp"] >= RECEIVE_SHARE,
-        **(
-            {"resnet50_fraction_met": all(m["fraction_of_sgemm"] >= FRACTION_OF_SGEMM for m in r["resnet50_stand_ins"])}
-            if r.get("resnet50_stand_ins")
-            else {}
-        ),
-        "peak_rss_met": r["peak_rss_mb"] <= RSS_LIMIT_MB,
-        "cold_start_met": r["cold_start_s"] <= COLD_START_LIMIT_S,
-    }
-
-
-ROWS = [
-    ("sgemm_gflops", "2-thread SGEMM", "GFLOP/s"),
-    ("model_gflop", "model forward", "GFLOP"),
-    ("forward_ms_median", "forward, production runtime (batch 1)", "ms"),
-    ("forward_flip_batch_ms_median", "forward, image + mirror (batch 2)", "ms"),
-    ("torch_forward_ms_median", "forward, torch eager (batch 1)", "ms"),
-    ("fraction_of_sgemm", "forward rate / SGEMM rate", ""),
-    ("decode_preprocess_ms", "decode + preprocess", "ms"),
-    ("postprocess_ms", "postprocess (resize, argmax, figures)", "ms"),
-    ("build_seg_ms", "SEG writer", "ms"),
-    ("build_sr_ms", "SR writer", "ms"),
-    ("build_sc_ms", "SC writer", "ms"),
-    ("encode_ms", "encode SEG + SR + SC", "ms"),
-    ("send_ms", "send SEG + SR + SC (one association)", "ms"),
-    ("end_to_end_ms", "C-STORE -> last output accepted", "ms"),
-    ("forward_in_node_ms", "of which the forward passes", "ms"),
-    ("overhead_ms", "of which the node's own work", "ms"),
-    ("throughput_images_per_min", f"throughput, {SENDERS} senders", "images/min"),
-    ("throughput_cpu_share", "  share of both cores in use", ""),
-    ("throughput_forward_share", "  share of the time in the model", ""),
-    ("throughput_auto_images_per_min", f"throughput, {SENDERS} senders, --workers auto", "images/min"),
-    ("throughput_auto_cpu_share", "  share of both cores in use", ""),
-    ("receive_ratio_vs_storescp", "receive speed / storescp", ""),
-    ("peak_rss_mb", "peak RSS, models loaded", "MB"),
-    ("cold_start_s", "cold start -> first association", "s"),
-]
-
-
-def format_table(r: dict[str, Any]) -> str:
-    head = f"{r['model']} on {r['runtime']} ({r['input_size'][0]}x{r['input_size'][1]}), "
-    head += f"{r['input']}, image {r['image_size'][0]}x{r['image_size'][1]}; "
-    head += f"load average {r['machine']['loadavg_start']}"
-    lines = [head]
-    for key, label, unit in ROWS:
-        lines.append(f"  {label:40s} {r[key]:>10} {unit}")
-    for m in r.get("resnet50_stand_ins", []):
-        label = f"{m['architecture']} {m['encoder']} {m['input_size'][0]}x{m['input_size'][1]} (random)"
-        lines.append(f"  {label:40s} {m['forward_ms_median']:>10} ms, {m['fraction_of_sgemm']} of SGEMM")
-    met = ", ".join(f"{k[:-4]} {'met' if v else 'NOT met'}" for k, v in r["targets"].items() if k.endswith("_met"))
-    lines.append(f"  targets: {met}")
-    return "\n".join(lines)
-
-
 def main(
     model: str,
     as_json: bool,
@@ -528,4 +457,4 @@ def main(
     return 0
 
 
-__all__ = ["format_table", "main", "run_bench", "sgemm_gflops", "stand_in_forward", "targets"]
+__all__ = ["main", "run_bench", "sgemm_gflops", "stand_in_forward"]
