@@ -113,10 +113,11 @@ def from_dataset(ds: Dataset, pixels: np.ndarray | None = None) -> PreparedImage
     # One inversion: MONOCHROME1, or an INVERSE presentation LUT shape on MONOCHROME2. (The DX IOD pairs
     # MONOCHROME1 with INVERSE to describe the same single inversion, not a second one.)
     inverse_shape = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    unit = unit.astype(np.float32, copy=False)  # the window's float32 is kept, not copied again
     if photometric == "MONOCHROME1" or inverse_shape:
-        unit = 1.0 - unit
+        unit = np.subtract(np.float32(1.0), unit, out=unit if unit.flags.writeable else None)
         notes.append("MONOCHROME1 inverted" if photometric == "MONOCHROME1" else "presentation LUT INVERSE applied")
-    return _checked(PreparedImage(unit.astype(np.float32), notes))
+    return _checked(PreparedImage(unit, notes))
 
 
 def from_image_file(path: str | Path) -> PreparedImage:
