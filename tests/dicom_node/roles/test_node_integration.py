@@ -41,7 +41,7 @@ from tests.radiographs import SHARED_DATA, validation_radiographs
 
 pytestmark = pytest.mark.slow  # nodes with dcmtk peers and subprocesses
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 UNRELIABLE_RADIOGRAPH = 5  # the validation image on which the default model finds no T1 (quality flag)
 MIN_REAL_SPINE_IOU = 0.6  # the default model on validation image 0: 0.80 (validation p10: 0.63)
 NO_FLIP, WITH_FLIP = "NOFLIP", "FLIP"  # calling AEs routed to the default model without / with the flip pass

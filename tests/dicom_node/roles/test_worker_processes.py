@@ -25,7 +25,7 @@ from tests.conftest import TINY_MODEL, StoreSCP, free_port, storescu, wait_port,
 
 pytestmark = pytest.mark.slow  # processes, dcmtk peers
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 OUTPUTS_PER_IMAGE = 3  # SEG, SR, SC
 STOP_S = 60
 
