@@ -76,9 +76,10 @@ class SegmentSpec:
 
     def mask(self, labels: np.ndarray) -> np.ndarray:
         """The segment's pixels in a label image."""
-        if len(self.classes) == 1:
-            return labels == self.classes[0]
-        return np.isin(labels, self.classes)
+        mask = labels == self.classes[0]
+        for cls in self.classes[1:]:  # one comparison per class (np.isin sorts the whole image)
+            mask |= labels == cls
+        return mask
 
 
 SEGMENTS: tuple[SegmentSpec, ...] = (
