@@ -115,7 +115,7 @@ def from_dataset(ds: Dataset, pixels: np.ndarray | None = None) -> PreparedImage
     inverse_shape = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
     unit = unit.astype(np.float32, copy=False)  # the window's float32 is kept, not copied again
     if photometric == "MONOCHROME1" or inverse_shape:
-        unit = np.subtract(np.float32(1.0), unit, out=unit if unit.flags.writeable else None)
+        np.subtract(np.float32(1.0), unit, out=unit)  # every branch above made a fresh array
         notes.append("MONOCHROME1 inverted" if photometric == "MONOCHROME1" else "presentation LUT INVERSE applied")
     return _checked(PreparedImage(unit, notes))
 

@@ -82,10 +82,10 @@ def judge(f: QualityFigures, t: QualityThresholds) -> Quality:
         reasons.append(f"vertebral column too small ({f.column_percent:.2f} % of the image)")
     elif f.largest_share < t.min_largest_share:
         reasons.append(f"vertebral column fragmented (largest piece {100 * f.largest_share:.0f} %)")
-    t1_found = f.column_percent >= t.min_column_percent and f.t1_share >= t.min_t1_share
-    if f.column_percent >= t.min_column_percent and not t1_found:
+    column_found = f.column_percent >= t.min_column_percent
+    if column_found and f.t1_share < t.min_t1_share:
         reasons.append("T1 not found")
-    if t1_found and f.t1_flip_dice is not None and f.t1_flip_dice < t.min_t1_flip_dice:
+    elif column_found and f.t1_flip_dice is not None and f.t1_flip_dice < t.min_t1_flip_dice:
         reasons.append(f"T1 level uncertain: the mirror image puts T1 elsewhere (T1 flip Dice {f.t1_flip_dice:.2f})")
     if f.flip_dice is not None and f.flip_dice < t.min_flip_dice:
         reasons.append(f"unstable under mirroring (flip Dice {f.flip_dice:.2f})")

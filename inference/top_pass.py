@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from inference.analysis.boxes import bounding_box
 from inference.analysis.levels import DISC_LABEL, NUM_LEVEL_CLASSES, VERTEBRAE, vertebra_label
 from inference.classes import SpineClass
 
@@ -93,12 +94,10 @@ def renumber(levels: np.ndarray, t1: np.ndarray) -> np.ndarray:
     in top-down order (by centre); the column above the new T1 (in a band around it) becomes background;
     the old T1 below it, pieces above the new T1's centre and vertebrae past L5 keep the column, labelled as
     disc (no level). Works in the bounding box of the column."""
-    mask = levels > 0
-    mask |= t1
-    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    box = bounding_box((levels > 0) | t1)
+    assert box is not None, "renumber needs a T1"
     out = levels.copy()
-    out[y0:y1, x0:x1] = _renumbered(levels[y0:y1, x0:x1], t1[y0:y1, x0:x1], levels.shape[1] // BAND_MARGIN)
+    out[box] = _renumbered(levels[box], t1[box], levels.shape[1] // BAND_MARGIN)
     return out
 
 

@@ -46,6 +46,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from dicom_node.writers.source import pixel_spacing_mm
 from dicom_node.writers.uids import tracking_uid
+from inference.analysis.boxes import bounding_box
 from inference.analysis.levels import VERTEBRAE, vertebra_label
 from inference.classes import CLASS_COLOURS, SpineClass
 from inference.model_card import ModelCard
@@ -172,7 +173,7 @@ def segment_array(
     foreground = labels != int(SpineClass.F)
     if levels is not None:
         foreground |= levels > 0
-    box = _bounding_box(foreground)
+    box = bounding_box(foreground)
     if box is None:
         return np.moveaxis(planes, 0, -1)[None]
     for index, spec in enumerate(SEGMENTS):
@@ -181,13 +182,6 @@ def segment_array(
         assert levels is not None
         np.equal(levels[box], v.label, out=planes[index][box])
     return np.moveaxis(planes, 0, -1)[None]
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return None
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def segmentation_type(rows: int, cols: int, frames: int) -> hd.seg.SegmentationTypeValues:

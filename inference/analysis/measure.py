@@ -88,7 +88,11 @@ class Measurements:
 
 def vertebra_corners(levels: np.ndarray) -> dict[int, np.ndarray]:
     """Corners (4, 2) of each vertebra index (0 = T1) present in ``levels``."""
-    return {k: _quadrilateral(piece) + np.array([x0, y0], np.float64) for k, (piece, x0, y0) in _pieces(levels).items()}
+    return _corners(_pieces(levels))
+
+
+def _corners(pieces: dict[int, tuple[np.ndarray, int, int]]) -> dict[int, np.ndarray]:
+    return {k: _quadrilateral(piece) + np.array([x0, y0], np.float64) for k, (piece, x0, y0) in pieces.items()}
 
 
 def _pieces(levels: np.ndarray) -> dict[int, tuple[np.ndarray, int, int]]:
@@ -190,7 +194,7 @@ def axis_corners(corners: np.ndarray, tilts: np.ndarray) -> np.ndarray:
 def measure(levels: np.ndarray) -> Measurements:
     """Vertebrae, Cobb angles and T1 tilt of a level label image (native size)."""
     pieces = _pieces(levels)
-    found = {k: _quadrilateral(piece) + np.array([x0, y0], np.float64) for k, (piece, x0, y0) in pieces.items()}
+    found = _corners(pieces)
     if not found:
         return Measurements([], [], None, ["no vertebra found"])
     ordered = sorted(found)
