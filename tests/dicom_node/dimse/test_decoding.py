@@ -123,12 +123,15 @@ def test_the_wait_for_a_free_helper_counts_against_the_deadline(compressed: dict
     decoder = Decoder(timeout_s=30, helpers=1)
     try:
         decoder.decode(ds)  # warm: the helper has imported its codecs
-        decoder.timeout_s = 1
         [pid] = decoder.helper_pids()
         os.kill(pid, signal.SIGSTOP)
+        decoder.timeout_s = 4  # the first request holds the only helper well past the second's deadline
         first = threading.Thread(target=lambda: pytest.raises(DecodeError, decoder.decode, ds))
         first.start()
-        time.sleep(0.2)
+        taken_by = time.monotonic() + 5
+        while decoder._idle.qsize() and time.monotonic() < taken_by:  # the first has the helper
+            time.sleep(0.01)
+        decoder.timeout_s = 1
         started = time.monotonic()
         with pytest.raises(DecodeError, match="longer than 1 s"):
             decoder.decode(ds)  # waits for the only helper, and the wait is part of its second
