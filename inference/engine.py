@@ -3,7 +3,10 @@
 Softmax is taken at model resolution, the class probabilities are resized back to the image's native
 size (bilinear) and the label is their argmax. The engine also runs the horizontally flipped image in the
 same batch; the flipped prediction, flipped back, gives a named *flip agreement* (Dice/Jaccard between the
-two predictions) - a stability signal, not an accuracy.
+result and the mirror's own prediction) - a stability signal, not an accuracy. For a card with
+``mirror_average`` the result itself is taken from the mean of the image's and the (flipped back) mirror's
+class probabilities, the usual flip test-time augmentation: no extra forward pass, and the card's
+validation figures are measured that way (without the mirror pass, the image's own probabilities are used).
 """
 
 from __future__ import annotations
@@ -142,8 +145,12 @@ class Engine:
         clock = ForwardClock()
         own = clock.run(self.class_probabilities, np.ascontiguousarray(batch))
         probs = group_probabilities(own, self.card.class_order)
+        result = own[0]
+        if flip_agreement and self.card.mirror_average:
+            result = 0.5 * (own[0] + own[1][:, :, ::-1])
+            probs[0] = group_probabilities(result[None], self.card.class_order)[0]
         labels, conf = labels_at_native(probs[0], (rows, cols))
-        levels = native_levels(own[0], labels) if self._levels else None
+        levels = native_levels(result, labels) if self._levels else None
         # the flipped branch runs in mirrored coordinates (second pass included) and is flipped back
         mirrored = labels_at_native(probs[1], (rows, cols))[0] if flip_agreement else None
         if self._top is not None and levels is not None:

@@ -3,9 +3,10 @@
 Class V is tinted green and T1 red (``inference.classes.CLASS_COLOURS``), semi-transparent and outlined;
 the endplate lines of each reported Cobb angle's end vertebrae are drawn in yellow. A legend names the
 model and gives each class's area, coverage, mean probability and flip agreement, and the reported Cobb
-angles, their end vertebrae and the T1 tilt; it sits in the image corner where it hides the least of the
-segmented column (on a full-spine film the top left corner would cover C7/T1). "NOT FOR DIAGNOSTIC USE"
-is burned in across the bottom. A prediction whose quality flag says it is not reliable is not drawn:
+angles, their end vertebrae and the T1 tilt; it sits against the left or right edge, above the warning
+band, where it hides the least of the segmented column and none of the endplate lines it can avoid (on a
+full-spine film the top left corner would cover C7/T1). "NOT FOR DIAGNOSTIC USE" is burned in across the
+bottom. A prediction whose quality flag says it is not reliable is not drawn:
 the overlay says "NO RELIABLE SEGMENTATION" and why. The SC has the source's rows and columns, says
 BurnedInAnnotation YES and references its source (Source Image Sequence, Derivation Description).
 
@@ -44,6 +45,7 @@ STROKE_PER_SCALE = 1.6  # text stroke thickness per unit of font scale
 MEASUREMENT_COLOUR = (255, 215, 0)  # Cobb endplate lines and the angles in the legend: yellow
 ENDPLATE_EXTENSION = 0.6  # an endplate line is drawn this fraction of its length beyond each end
 BACKDROP_DIM = 0.35  # brightness kept under the legend's backdrop
+LINE_WEIGHT = 1000.0  # placing the legend: one pixel of a Cobb endplate line counts as this many of the column
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 NO_RELIABLE_SEGMENTATION = "NO RELIABLE SEGMENTATION"
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
@@ -105,16 +107,27 @@ def outline(rgb: np.ndarray, labels: np.ndarray) -> None:
             cv2.drawContours(rgb, contours, -1, CLASS_COLOURS[cls], thickness, cv2.LINE_8)
 
 
-def draw_endplates(rgb: np.ndarray, measurements: Measurements | None) -> None:
-    """The end vertebrae's endplate lines of every Cobb angle, extended beyond the vertebra (in place)."""
+def endplate_lines(measurements: Measurements | None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The drawn endplate lines (start, end) of every Cobb angle's end vertebrae, extended beyond the vertebra."""
     if measurements is None:
-        return
-    thickness = max(1, round(min(rgb.shape[:2]) * OUTLINE_PX_PER_1000 / 1000))
+        return []
+    lines = []
     for curve in measurements.cobb:
         for (x0, y0), (x1, y1) in (curve.upper_endplate, curve.lower_endplate):
             dx, dy = (x1 - x0) * ENDPLATE_EXTENSION, (y1 - y0) * ENDPLATE_EXTENSION
-            start, end = (round(x0 - dx), round(y0 - dy)), (round(x1 + dx), round(y1 + dy))
-            cv2.line(rgb, start, end, MEASUREMENT_COLOUR, thickness, cv2.LINE_AA)
+            lines.append(((round(x0 - dx), round(y0 - dy)), (round(x1 + dx), round(y1 + dy))))
+    return lines
+
+
+def _line_thickness(shape: tuple[int, ...]) -> int:
+    return max(1, round(min(shape[:2]) * OUTLINE_PX_PER_1000 / 1000))
+
+
+def draw_endplates(rgb: np.ndarray, measurements: Measurements | None) -> None:
+    """The end vertebrae's endplate lines of every Cobb angle (in place)."""
+    thickness = _line_thickness(rgb.shape)
+    for start, end in endplate_lines(measurements):
+        cv2.line(rgb, start, end, MEASUREMENT_COLOUR, thickness, cv2.LINE_AA)
 
 
 def measurement_lines(measurements: Measurements | None) -> list[str]:
@@ -208,33 +221,74 @@ def free_side_width(labels: np.ndarray) -> int:
     return max(int(columns[0]), cols - 1 - int(columns[-1]))
 
 
-def legend_corner(labels: np.ndarray, width: int, height: int) -> tuple[int, int]:
-    """The image corner (left, top) where a ``width`` x ``height`` legend hides the fewest segmented
-    pixels (top left first among equals)."""
-    rows, cols = labels.shape
-    width, height = min(width, cols), min(height, rows)
-    foreground = labels != SpineClass.F
-    corners = [(0, 0), (cols - width, 0), (0, rows - height), (cols - width, rows - height)]
-    hidden = [int(np.count_nonzero(foreground[top : top + height, left : left + width])) for left, top in corners]
-    return corners[int(np.argmin(hidden))]
+def covered_weight(labels: np.ndarray, measurements: Measurements | None) -> np.ndarray:
+    """What a legend placed over each pixel would hide: 1 on the segmented column, ``LINE_WEIGHT`` on a
+    Cobb endplate line (a measurement must never be hidden), 0 elsewhere."""
+    weight = (labels != SpineClass.F).astype(np.float32)
+    lines = np.zeros(labels.shape, np.uint8)
+    for start, end in endplate_lines(measurements):
+        cv2.line(lines, start, end, 1, _line_thickness(labels.shape), cv2.LINE_8)
+    weight[lines > 0] = LINE_WEIGHT
+    return weight
+
+
+def legend_place(weight: np.ndarray, width: int, height: int, bottom: int) -> tuple[int, int]:
+    """(left, top) of the ``width`` x ``height`` legend against the left or the right edge, above row
+    ``bottom`` (the warning band), where it hides the least ``weight`` (``covered_weight``): the image's
+    corners and every half legend height between them, top left first among equals."""
+    rows, cols = weight.shape
+    width, height = min(width, cols), min(height, bottom, rows)
+    step = max(1, height // 2)
+    tops = sorted({*range(0, bottom - height + 1, step), max(0, bottom - height)})
+    summed = cv2.integral(weight, sdepth=cv2.CV_64F)  # (rows + 1, cols + 1): O(1) per window
+    best, place = np.inf, (0, 0)
+    for top in tops:
+        for left in (0, cols - width):
+            hidden = (
+                summed[top + height, left + width]
+                - summed[top, left + width]
+                - summed[top + height, left]
+                + summed[top, left]
+            )
+            if hidden < best:
+                best, place = hidden, (left, top)
+    return place
+
+
+_WARNING_LINES = [(NOT_FOR_DIAGNOSIS, WARNING_COLOUR)]
+
+
+def _warning_layout(shape: tuple[int, ...]) -> TextLayout:
+    rows, cols = shape[:2]
+    return text_layout(_WARNING_LINES, _font_scale([NOT_FOR_DIAGNOSIS], cols, rows))
+
+
+def warning_band_top(shape: tuple[int, ...]) -> int:
+    """The first row of the "NOT FOR DIAGNOSTIC USE" band across the bottom of an image of ``shape``."""
+    return max(0, shape[0] - _warning_layout(shape).height)
 
 
 def _warning_band(rgb: np.ndarray) -> None:
     """ "NOT FOR DIAGNOSTIC USE" across the bottom of the image."""
-    rows, cols = rgb.shape[:2]
-    lines = [(NOT_FOR_DIAGNOSIS, WARNING_COLOUR)]
-    layout = text_layout(lines, _font_scale([NOT_FOR_DIAGNOSIS], cols, rows))
-    _text_block(rgb, lines, layout, 0, max(0, rows - layout.height))
+    _text_block(rgb, _WARNING_LINES, _warning_layout(rgb.shape), 0, warning_band_top(rgb.shape))
+
+
+def legend_box(labels: np.ndarray, prediction: Prediction, card: ModelCard) -> tuple[TextLayout, int, int]:
+    """The legend's layout and (left, top): sized to the band beside the column when that band is wide enough
+    to read it, above the warning band, where it hides the least of the column and none of the Cobb lines
+    it can avoid."""
+    rows, cols = labels.shape
+    lines = legend_lines(prediction, card)
+    layout = text_layout(lines, _font_scale([t for t, _ in lines], cols, rows, room=free_side_width(labels)))
+    weight = covered_weight(labels, prediction.measurements)
+    left, top = legend_place(weight, layout.width, layout.height, max(1, warning_band_top(labels.shape)))
+    return layout, left, top
 
 
 def draw_legend(rgb: np.ndarray, labels: np.ndarray, prediction: Prediction, card: ModelCard) -> None:
-    """The legend in the image corner where it hides the least of the column, sized to the band beside
-    the column when that band is wide enough to read it, and the warning across the bottom (in place)."""
-    rows, cols = rgb.shape[:2]
-    lines = legend_lines(prediction, card)
-    layout = text_layout(lines, _font_scale([t for t, _ in lines], cols, rows, room=free_side_width(labels)))
-    left, top = legend_corner(labels, layout.width, layout.height)
-    _text_block(rgb, lines, layout, left, top)
+    """The legend (``legend_box``) and the warning across the bottom (in place)."""
+    layout, left, top = legend_box(labels, prediction, card)
+    _text_block(rgb, legend_lines(prediction, card), layout, left, top)
     _warning_band(rgb)
 
 
@@ -344,9 +398,13 @@ __all__ = [
     "NOT_FOR_DIAGNOSIS",
     "NO_RELIABLE_SEGMENTATION",
     "build_overlay",
-    "legend_corner",
+    "covered_weight",
+    "endplate_lines",
+    "legend_box",
+    "legend_place",
     "colour_labels",
     "display_rgb",
     "legend_lines",
     "render_overlay",
+    "warning_band_top",
 ]

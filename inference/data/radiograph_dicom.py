@@ -30,6 +30,7 @@ class Radiograph:
     dataset: Dataset
     truth: np.ndarray  # F/V/T1 labels at the file's size
     levels: np.ndarray  # level labels at the file's size
+    angles: tuple[float, float, float]  # the dataset's three Cobb angles (angles.csv), main curve first
 
 
 def validation_radiographs(data_dir: Path, n: int, rows: int | None = None, first: int = 0) -> list[Radiograph]:
@@ -56,7 +57,7 @@ def validation_radiographs(data_dir: Path, n: int, rows: int | None = None, firs
             f"Real radiograph: SpineWeb dataset 16 validation image {record.name} (research data, test input); "
             "imager pixel spacing from a template, not measured"
         )
-        out.append(Radiograph(record.name, ds, to_spine_labels(levels), levels))
+        out.append(Radiograph(record.name, ds, to_spine_labels(levels), levels, record.angles))
     return out
 
 

@@ -25,6 +25,7 @@ from dicom_node.audit.report import audit_report
 from dicom_node.config import DEFAULT_MODEL, Destination, NodeConfig, Route
 from dicom_node.roles.node import Node
 from dicom_node.writers import uids
+from dicom_node.writers.spine_sr import COBB_ANGLE
 from inference.analysis.metrics import overlap
 from tests.conftest import (
     TINY_MODEL,
@@ -44,6 +45,7 @@ pytestmark = pytest.mark.slow  # nodes with dcmtk peers and subprocesses
 PROJECT = Path(__file__).resolve().parents[3]
 UNRELIABLE_RADIOGRAPH = 5  # the validation image on which the default model finds no T1 (quality flag)
 MIN_REAL_SPINE_IOU = 0.6  # the default model on validation image 0: 0.80 (validation p10: 0.63)
+MAX_MAIN_COBB_ERROR_DEG = 10.0  # the default model on validation image 0: 3.1 (validation MAE 3.6)
 NO_FLIP, WITH_FLIP = "NOFLIP", "FLIP"  # calling AEs routed to the default model without / with the flip pass
 SEG, SR3D, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 
@@ -300,6 +302,16 @@ def text_values(ds: Dataset) -> list[str]:
     return out
 
 
+def cobb_angles_of(ds: Dataset) -> list[float]:
+    """The values of every Cobb angle NUM (SCT 285285000) in an SR, depth first."""
+    out = []
+    for item in ds.get("ContentSequence", []):
+        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == COBB_ANGLE.value:
+            out.append(float(item.MeasuredValueSequence[0].NumericValue))
+        out.extend(cobb_angles_of(item))
+    return out
+
+
 def evidence_source(sr: Dataset) -> str:
     """The first instance an SR lists as evidence (ours: the source image)."""
     series = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
@@ -309,8 +321,8 @@ def evidence_source(sr: Dataset) -> str:
 def test_serve_cli_on_shipped_default_model(tmp_path: Path, storescp: StoreSCP) -> None:
     """`spinenode serve` as users run it, on the shipped default model (trained on real radiographs), with
     two real radiographs it never trained on (SpineWeb validation images in a DX header): the first is
-    segmented (SEG compared with the true column), the second gives no reliable segmentation, so only its
-    SR and SC are sent, saying so; SIGTERM stops the node cleanly."""
+    segmented (SEG compared with the true column, SR with the dataset's Cobb angles), the second gives no
+    reliable segmentation, so only its SR and SC are sent, saying so; SIGTERM stops the node cleanly."""
     if not (PROJECT / "models" / DEFAULT_MODEL / "model.json").is_file():
         pytest.fail("the shipped default model is missing")
     if not SHARED_DATA.is_dir():
@@ -364,6 +376,10 @@ def test_serve_cli_on_shipped_default_model(tmp_path: Path, storescp: StoreSCP) 
         texts = {uid: " ".join(text_values(sr)) for uid, sr in srs.items()}
         assert all("NOT FOR DIAGNOSTIC USE" in t for t in texts.values())
         assert "No reliable segmentation" in texts[str(poor.dataset.SOPInstanceUID)]
+        # the default model's validation Cobb SMAPE is within its bound: the good image's SR has the three angles
+        angles = cobb_angles_of(srs[str(good.dataset.SOPInstanceUID)])
+        assert len(angles) == len(good.angles) and abs(angles[0] - good.angles[0]) < MAX_MAIN_COBB_ERROR_DEG
+        assert cobb_angles_of(srs[str(poor.dataset.SOPInstanceUID)]) == []
         # the shipped model segments an unseen real radiograph: its SEG against the true column
         [seg] = [ds for ds in read if ds.SOPClassUID == SEG]
         frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)  # segment 1 Spine, segment 2 T1

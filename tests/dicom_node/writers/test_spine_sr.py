@@ -121,3 +121,19 @@ def test_seg_has_a_segment_per_vertebra_found(radiograph: Radiograph, tmp_path: 
     assert np.array_equal(frames[l4].astype(bool), levels == vertebra_label(15))  # L4 is vertebra 16
     plain = build_outputs(radiograph.dataset, prediction, card, vertebra_segments=False).seg
     assert plain is not None and [s.SegmentLabel for s in plain.SegmentSequence] == ["Spine", "T1 vertebra"]
+
+
+@pytest.mark.parametrize("rows", [None, 1024])  # the native film and a narrow 1024-row copy of it
+def test_overlay_legend_hides_no_endplate_line_and_stays_above_the_warning(rows: int | None) -> None:
+    from dicom_node.writers.overlay import covered_weight, legend_box, warning_band_top
+
+    [radiograph] = validation_radiographs(1, rows=rows, first=2)  # an S curve: three angles, six endplate lines
+    prediction = prediction_of(radiograph, radiograph.levels)
+    assert prediction.measurements is not None and len(prediction.measurements.cobb) == 3
+    card = make_card(demo=False)
+    layout, left, top = legend_box(radiograph.truth, prediction, card)
+    lines = covered_weight(radiograph.truth, prediction.measurements) > 1  # the endplate lines' pixels
+    assert lines.any()
+    assert not lines[top : top + layout.height, left : left + layout.width].any()
+    assert top + layout.height <= warning_band_top(radiograph.truth.shape)  # above "NOT FOR DIAGNOSTIC USE"
+    assert left in (0, radiograph.truth.shape[1] - layout.width)  # against an edge
