@@ -159,7 +159,8 @@ class Engine:
                 images.append(np.ascontiguousarray(prepared.image[:, ::-1]))
                 firsts.append(native_levels(own[1], mirrored))
             top = self._top
-            refined = second_pass(lambda b: clock.run(top.probabilities, b), images, firsts)
+            average = flip_agreement and self.card.mirror_average
+            refined = second_pass(lambda b: clock.run(top.probabilities, b), images, firsts, average)
             if refined[0] is not None:
                 levels, t1_probability = refined[0]
                 labels = spine_labels(levels)

@@ -12,7 +12,9 @@ the true T1, so it has to pick T1 among the vertebrae it sees.
 native size), that piece becomes T1; the first pass's column above it is cervical spine and becomes
 background; the first pass's old T1 below it becomes column; the vertebra levels below are renumbered
 top-down from the new T1 (the first pass's level pieces in order), so the level names follow T1.
-Without a T1 from the second pass the first pass's result stands unchanged.
+Without a T1 from the second pass the first pass's result stands unchanged. For a model with
+``mirror_average`` (the engine) the image's window also goes through mirrored and the T1 probability is the
+mean of the two; the mirror image's own window, checked for agreement, is not averaged.
 """
 
 from __future__ import annotations
@@ -184,20 +186,31 @@ def _footprint(m: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, in
 
 
 def second_pass(
-    probabilities: Callable[[np.ndarray], np.ndarray], images: list[np.ndarray], levels: list[np.ndarray]
+    probabilities: Callable[[np.ndarray], np.ndarray],
+    images: list[np.ndarray],
+    levels: list[np.ndarray],
+    mirror_average: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """``refine`` for each (grey image, first-pass levels), the windows in one batch through
-    ``probabilities`` ((N, 3, H, W) in, (N, 3, H, W) SpineClass-order softmax out)."""
+    ``probabilities`` ((N, 3, H, W) in, (N, 3, H, W) SpineClass-order softmax out). With ``mirror_average``
+    the first image's window also goes through mirrored, and its T1 probability is the mean of the two
+    (the others, e.g. the mirror image checked for agreement, keep their own)."""
     anchors = [anchor_of(lv) for lv in levels]
     todo = [i for i, a in enumerate(anchors) if a is not None]
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(images)
     if not todo:
         return out
     matrices = {i: window_matrix(a) for i, a in enumerate(anchors) if a is not None}
-    batch = np.stack([np.repeat(window(images[i], matrices[i])[None], 3, axis=0) for i in todo])
-    probs = probabilities(np.ascontiguousarray(batch))
+    windows = [window(images[i], matrices[i]) for i in todo]
+    averaged = mirror_average and todo[0] == 0
+    if averaged:
+        windows.append(windows[0][:, ::-1])
+    batch = np.stack([np.repeat(w[None], 3, axis=0) for w in windows])
+    probs = probabilities(np.ascontiguousarray(batch))[:, int(SpineClass.T1)]
+    if averaged:
+        probs[0] = 0.5 * (probs[0] + probs[-1][:, ::-1])
     for j, i in enumerate(todo):
-        out[i] = refine(levels[i], probs[j, int(SpineClass.T1)], matrices[i])
+        out[i] = refine(levels[i], probs[j], matrices[i])
     return out
 
 

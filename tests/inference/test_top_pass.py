@@ -121,3 +121,35 @@ def testlevel_rows_counts_as_bincount_does() -> None:
     want_counts = np.bincount(kept, minlength=DISC_LABEL + 1)
     want_sums = np.bincount(kept, weights=rows, minlength=DISC_LABEL + 1)
     assert (counts[1:] == want_counts[1:]).all() and (row_sums[1:] == want_sums[1:]).all()
+
+
+def test_the_mirror_average_keeps_only_what_the_window_and_its_mirror_agree_on() -> None:
+    """A fake second pass with a bias to one side: T1 is the window's bright pixels (the true T1, box 0, where
+    the window is centred) and, wherever it looks, a band just right of the centre. Alone, the window calls
+    the box and the band T1; averaged with its mirror image (whose band lands left of the box when flipped
+    back), the bands drop to 0.5 and T1 is the box. The mirror image's own window is not averaged."""
+    levels = first_pass_calling_c7_t1()
+    image = np.zeros(levels.shape, np.float32)
+    image[box(0)] = 1.0
+    h, w = TOP_INPUT
+    band = slice(w // 2 + 32, w // 2 + 52)  # the box spans about +-32 window columns around the centre
+    shapes = []
+
+    def biased(batch: np.ndarray) -> np.ndarray:
+        shapes.append(batch.shape)
+        t1 = batch[:, 0].copy()
+        t1[:, h // 2 - 10 : h // 2 + 10, band] = 1.0
+        out = np.zeros((batch.shape[0], 3, h, w), np.float32)
+        out[:, int(SpineClass.T1)], out[:, int(SpineClass.F)] = t1, 1.0 - t1
+        return out
+
+    def t1_columns(result: tuple[np.ndarray, np.ndarray] | None) -> int:
+        assert result is not None
+        return int(np.count_nonzero((result[0] == vertebra_label(0)).any(axis=0)))
+
+    [alone] = second_pass(biased, [image], [levels])
+    assert t1_columns(alone) >= WIDTH + 15  # the band taken for T1 too
+    averaged, mirror = second_pass(biased, [image, image[:, ::-1]], [levels, levels[:, ::-1]], True)
+    assert shapes[-1][0] == 3  # image, mirror image and the image's window mirrored, in one batch
+    assert abs(t1_columns(averaged) - WIDTH) <= 2  # the box only
+    assert t1_columns(mirror) >= WIDTH + 15  # the mirror image's own window keeps its own
