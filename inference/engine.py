@@ -5,8 +5,9 @@ size (bilinear) and the label is their argmax. The engine also runs the horizont
 same batch; the flipped prediction, flipped back, gives a named *flip agreement* (Dice/Jaccard between the
 result and the mirror's own prediction) - a stability signal, not an accuracy. For a card with
 ``mirror_average`` the result itself is taken from the mean of the image's and the (flipped back) mirror's
-class probabilities, the usual flip test-time augmentation: no extra forward pass, and the card's
-validation figures are measured that way (without the mirror pass, the image's own probabilities are used).
+class probabilities, the usual flip test-time augmentation (no extra forward pass), and the second pass's
+T1 window is averaged with its own mirror image too (``inference.top_pass``); the card's validation figures
+are measured that way. Without the mirror pass (``flip_agreement=False``) neither average is taken.
 """
 
 from __future__ import annotations

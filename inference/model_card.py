@@ -40,7 +40,7 @@ class ModelCard:
     logit_offsets: list[float] | None = None  # per-class offsets added to logits (post-hoc calibration)
     quality_thresholds: dict[str, float] | None = None  # inference.quality.QualityThresholds fitted on validation
     top_pass: str | None = None  # name of the T1 second pass (inference.top_pass) this model's output goes through
-    mirror_average: bool = False  # labels from the mean of the image's and the mirror's probabilities (engine)
+    mirror_average: bool = False  # both passes average the image's and the mirror's probabilities (engine)
     notes: str = ""
     role: str = "segmentation"  # SEGMENTATION_ROLE, or "t1-refiner": a second pass, not selectable
     directory: Path | None = field(default=None, compare=False, repr=False)

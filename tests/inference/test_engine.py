@@ -210,3 +210,24 @@ def test_calibration_offsets_never_lower_the_calibration_score(models_root: Path
     shifted = Engine(dataclasses.replace(engine.card, logit_offsets=list(result.offsets)))
     again = calibrate(shifted, n=2, seed=600000)
     assert again.before == pytest.approx(result.after, abs=1e-3)
+
+
+def test_the_mirror_average_is_the_mean_of_the_image_and_its_mirror(models_root: Path) -> None:
+    """With ``mirror_average`` the labels are the argmax of the mean of the image's and the flipped-back
+    mirror's class probabilities; without the mirror pass they are the image's own."""
+    import dataclasses
+
+    from inference.preprocess import PreparedImage
+
+    card = find_card("demo-unetplusplus", models_root)  # phantom-trained: it finds the phantom's column
+    averaging = Engine(dataclasses.replace(card, mirror_average=True), runtime="torch")
+    plain = Engine(card, runtime="torch")
+    image = unit_image(make_phantom(600100, height=320))
+    x = to_model_input(image, card.input_size)
+    own, mirror = averaging.probabilities(np.ascontiguousarray(np.stack([x, x[:, :, ::-1]])))
+    expected, _ = labels_at_native(0.5 * (own + mirror[:, :, ::-1]), image.shape)
+    alone, _ = labels_at_native(own, image.shape)
+    assert np.array_equal(averaging.predict(PreparedImage(image)).labels, expected)
+    assert np.array_equal(averaging.predict(PreparedImage(image), flip_agreement=False).labels, alone)
+    assert np.array_equal(plain.predict(PreparedImage(image)).labels, alone)
+    assert (alone > 0).any() and not np.array_equal(expected, alone)  # the average changed some pixels
