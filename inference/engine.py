@@ -145,13 +145,13 @@ class Engine:
         batch = np.stack([x, x[:, :, ::-1]]) if flip_agreement else x[None]
         clock = ForwardClock()
         own = clock.run(self.class_probabilities, np.ascontiguousarray(batch))
+        average = flip_agreement and self.card.mirror_average
+        if average:  # the image's probabilities become the mean with the flipped-back mirror's (in place)
+            own[0] += own[1][:, :, ::-1]
+            own[0] *= 0.5
         probs = group_probabilities(own, self.card.class_order)
-        result = own[0]
-        if flip_agreement and self.card.mirror_average:
-            result = 0.5 * (own[0] + own[1][:, :, ::-1])
-            probs[0] = group_probabilities(result[None], self.card.class_order)[0]
         labels, conf = labels_at_native(probs[0], (rows, cols))
-        levels = native_levels(result, labels) if self._levels else None
+        levels = native_levels(own[0], labels) if self._levels else None
         # the flipped branch runs in mirrored coordinates (second pass included) and is flipped back
         mirrored = labels_at_native(probs[1], (rows, cols))[0] if flip_agreement else None
         if self._top is not None and levels is not None:
@@ -160,7 +160,6 @@ class Engine:
                 images.append(np.ascontiguousarray(prepared.image[:, ::-1]))
                 firsts.append(native_levels(own[1], mirrored))
             top = self._top
-            average = flip_agreement and self.card.mirror_average
             refined = second_pass(lambda b: clock.run(top.probabilities, b), images, firsts, average)
             if refined[0] is not None:
                 levels, t1_probability = refined[0]

@@ -53,6 +53,7 @@ INSTANCE_NUMBER = 1
 # highdicom's SC constructor insists on a patient orientation; used only while building when the
 # source has none, and replaced by an empty (type 2) Patient Orientation afterwards.
 _PLACEHOLDER_ORIENTATION = ("L", "F")
+Lines = Sequence[tuple[str, tuple[int, int, int]]]  # text lines and their colours
 
 
 def display_rgb(source: Dataset, display_image: np.ndarray | None = None) -> np.ndarray:
@@ -190,7 +191,7 @@ class TextLayout:
     height: int
 
 
-def text_layout(lines: Sequence[tuple[str, tuple[int, int, int]]], scale: float) -> TextLayout:
+def text_layout(lines: Lines, scale: float) -> TextLayout:
     thickness = max(1, round(scale * STROKE_PER_SCALE))
     line_h = int(cv2.getTextSize("Ag", FONT, scale, thickness)[0][1] * LINE_SPACING) + 2
     margin = max(2, line_h // 3)
@@ -198,9 +199,7 @@ def text_layout(lines: Sequence[tuple[str, tuple[int, int, int]]], scale: float)
     return TextLayout(scale, thickness, line_h, margin, widest + 2 * margin, margin * 2 + line_h * len(lines))
 
 
-def _text_block(
-    rgb: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], layout: TextLayout, left: int, top: int
-) -> None:
+def _text_block(rgb: np.ndarray, lines: Lines, layout: TextLayout, left: int, top: int) -> None:
     """Draw ``lines`` on a dimmed backdrop whose top left corner is (``left``, ``top``)."""
     rows, cols = rgb.shape[:2]
     backdrop = rgb[top : min(rows, top + layout.height), left : min(cols, left + layout.width)]
@@ -255,7 +254,7 @@ def legend_place(weight: np.ndarray, width: int, height: int, bottom: int) -> tu
     return place
 
 
-_WARNING_LINES = [(NOT_FOR_DIAGNOSIS, WARNING_COLOUR)]
+_WARNING_LINES = ((NOT_FOR_DIAGNOSIS, WARNING_COLOUR),)
 
 
 def _warning_layout(shape: tuple[int, ...]) -> TextLayout:
@@ -273,8 +272,8 @@ def _warning_band(rgb: np.ndarray) -> None:
     _text_block(rgb, _WARNING_LINES, _warning_layout(rgb.shape), 0, warning_band_top(rgb.shape))
 
 
-def legend_box(labels: np.ndarray, prediction: Prediction, card: ModelCard) -> tuple[TextLayout, int, int]:
-    """The legend's layout and (left, top): sized to the band beside the column when that band is wide enough
+def legend_box(labels: np.ndarray, prediction: Prediction, card: ModelCard) -> tuple[Lines, TextLayout, int, int]:
+    """The legend's lines, layout and (left, top): sized to the band beside the column when that band is wide enough
     to read it, above the warning band, where it hides the least of the column and none of the Cobb lines
     it can avoid."""
     rows, cols = labels.shape
@@ -282,13 +281,13 @@ def legend_box(labels: np.ndarray, prediction: Prediction, card: ModelCard) -> t
     layout = text_layout(lines, _font_scale([t for t, _ in lines], cols, rows, room=free_side_width(labels)))
     weight = covered_weight(labels, prediction.measurements)
     left, top = legend_place(weight, layout.width, layout.height, max(1, warning_band_top(labels.shape)))
-    return layout, left, top
+    return lines, layout, left, top
 
 
 def draw_legend(rgb: np.ndarray, labels: np.ndarray, prediction: Prediction, card: ModelCard) -> None:
     """The legend (``legend_box``) and the warning across the bottom (in place)."""
-    layout, left, top = legend_box(labels, prediction, card)
-    _text_block(rgb, legend_lines(prediction, card), layout, left, top)
+    lines, layout, left, top = legend_box(labels, prediction, card)
+    _text_block(rgb, lines, layout, left, top)
     _warning_band(rgb)
 
 

@@ -131,7 +131,7 @@ def test_overlay_legend_hides_no_endplate_line_and_stays_above_the_warning(rows:
     prediction = prediction_of(radiograph, radiograph.levels)
     assert prediction.measurements is not None and len(prediction.measurements.cobb) == 3
     card = make_card(demo=False)
-    layout, left, top = legend_box(radiograph.truth, prediction, card)
+    _, layout, left, top = legend_box(radiograph.truth, prediction, card)
     lines = covered_weight(radiograph.truth, prediction.measurements) > 1  # the endplate lines' pixels
     assert lines.any()
     assert not lines[top : top + layout.height, left : left + layout.width].any()
