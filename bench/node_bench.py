@@ -164,6 +164,9 @@ def peak_rss_mb(models: list[str], settings: InferenceSettings) -> float:
     return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
 
 
+STOP_WAIT_S = 30.0  # for the cold-start node to stop after SIGTERM (it holds no job); then it is a defect
+
+
 def cold_start_s(model: str, work: Path) -> float:
     """``spinenode serve`` process start to the first accepted association (a C-ECHO), in seconds."""
     from pynetdicom import AE
@@ -194,7 +197,12 @@ def cold_start_s(model: str, work: Path) -> float:
         raise TimeoutError("no association within 300 s")
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"spinenode serve did not stop within {STOP_WAIT_S:g} s of SIGTERM") from None
 
 
 def cpu_jiffies() -> tuple[int, int]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 from dicom_node.cli.common import CLIError, registry_of
+from dicom_node.cli.signals import SignalPipe
 
 
 def _node_config(args: argparse.Namespace) -> Any:
@@ -48,9 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _node_config(args)
     node = Node.compose(config, registry_of(args))
     http = _bind_http(node, config)  # None unless --http-port / [http] port; bound before the node starts
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    with SignalPipe() as signals:  # a SIGTERM from here on stops the node once it has started
+        return _serve(node, config, http, signals)
+
+
+def _serve(node: Any, config: Any, http: Any, signals: SignalPipe) -> int:
     try:
         port = node.start()
     except KeyError as exc:
@@ -70,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             node.stop()
             raise CLIError(str(exc)) from exc
         print(f"SpineNode web page and REST API at {http.url}", flush=True)
-    stop.wait()
+    signals.wait_for_stop()
     if http is not None:
         http.stop()
     node.stop()
@@ -100,17 +101,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         node = WorkerNode.compose(config, registry_of(args))
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        node.start()
-    except KeyError as exc:
-        node.db.dispose()
-        raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
-    print(node.description, flush=True)
-    stop.wait()
-    node.stop()
+    with SignalPipe() as signals:
+        try:
+            node.start()
+        except KeyError as exc:
+            node.db.dispose()
+            raise CLIError(str(exc.args[0] if exc.args else exc)) from exc
+        print(node.description, flush=True)
+        signals.wait_for_stop()
+        node.stop()
     return 0
 
 

@@ -12,7 +12,6 @@ import ctypes
 import os
 import signal
 import sys
-import threading
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
@@ -26,6 +25,7 @@ def _die_with_parent(parent: int) -> None:
 
 def main() -> int:
     from dicom_node.cli import configure_logging
+    from dicom_node.cli.signals import SignalPipe
     from dicom_node.roles.processes import WAKE_SIGNAL, taken_over
     from dicom_node.roles.worker import WorkerNode
     from inference.registry import ModelRegistry
@@ -33,14 +33,11 @@ def main() -> int:
     config, settings, verbose, parent = taken_over(sys.stdin.buffer)
     configure_logging(verbose)
     _die_with_parent(parent)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    node = WorkerNode.compose(config, ModelRegistry.from_settings(settings))
-    signal.signal(WAKE_SIGNAL, lambda *_: node.queue.notify())  # serve: "a job is queued"
-    node.start()
-    stop.wait()
-    node.stop()
+    with SignalPipe(others=(WAKE_SIGNAL,)) as signals:
+        node = WorkerNode.compose(config, ModelRegistry.from_settings(settings))
+        node.start()
+        signals.wait_for_stop({WAKE_SIGNAL: node.queue.notify})  # serve: "a job is queued"
+        node.stop()
     return 0
 
 
