@@ -114,7 +114,7 @@ def endplate_lines(measurements: Measurements | None) -> list[tuple[tuple[int, i
         return []
     lines = []
     for curve in measurements.cobb:
-        for (x0, y0), (x1, y1) in (curve.upper_endplate, curve.lower_endplate):
+        for (x0, y0), (x1, y1) in curve.endplates:
             dx, dy = (x1 - x0) * ENDPLATE_EXTENSION, (y1 - y0) * ENDPLATE_EXTENSION
             lines.append(((round(x0 - dx), round(y0 - dy)), (round(x1 + dx), round(y1 + dy))))
     return lines
@@ -135,7 +135,10 @@ def measurement_lines(measurements: Measurements | None) -> list[str]:
     """Legend lines of the Cobb angles (challenge's order, with end vertebrae) and the T1 tilt."""
     if measurements is None:
         return []
-    lines = [f"Cobb {i + 1}: {c.angle_deg:.1f} deg, {c.upper}-{c.lower}" for i, c in enumerate(measurements.cobb)]
+    lines = [
+        f"Cobb {i + 1}: {c.angle_deg:.1f} deg, " + (f"{c.upper}-{c.lower}" if c.is_curve else "no curve")
+        for i, c in enumerate(measurements.cobb)
+    ]
     if measurements.t1_tilt_deg is not None:
         lines.append(f"T1 tilt: {measurements.t1_tilt_deg:+.1f} deg (+: rising to the image right)")
     return lines

@@ -16,12 +16,12 @@ The SEG is built with ``highdicom.seg.Segmentation`` and then completed where hi
   without a Frame of Reference both are optional (PS3.3 C.7.6.16.2.1, as corrected by CP 1426), and the
   item may be empty. highdicom's reader insists on Slice Thickness in any Pixel Measures and refuses such
   a SEG; ``seg_compare.read_segmentation`` reads it (``tests/dicom_node/test_writers.py`` pins both).
-* A SEG whose 1-bit pixel data would have an odd number of bytes, of frames that are not whole bytes, is
-  written as FRACTIONAL (OCCUPANCY, only 0 and the Maximum Fractional Value: the same binary mask, 8 bits
-  a pixel). PS3.5 8.1.1 pads such pixel data with one byte to an even length; OHIF 3.13's reader (dcmjs)
-  insists on the unpadded length for frames that are not whole bytes and rejects the file (frames of
-  whole bytes with a pad byte after the last it reads: ``tests/dicom_node/test_ohif.py``). Every frame
-  counts: with a segment per vertebra a SEG has 2 + 17 frames. A FRACTIONAL occupancy of 0 or 1 is the
+* A SEG whose 1-bit pixel data would have an odd number of bytes is written as FRACTIONAL (OCCUPANCY,
+  only 0 and the Maximum Fractional Value: the same binary mask, 8 bits a pixel). PS3.5 8.1.1 pads such
+  pixel data with one byte to an even length, and OHIF 3.13 fails on the padded SEG, whether its frames
+  are whole bytes or not (``tests/dicom_node/viewers/test_ohif.py``: a 616 x 209 radiograph's 19 frames of
+  16 093 bytes each). Every frame counts: with a segment per vertebra a SEG has 2 + 17 frames. A
+  FRACTIONAL occupancy of 0 or 1 is the
   standard's other encoding of the same segment (PS3.3 C.8.20.2.3), and its byte count is always even;
   OHIF reads a fractional SEG of only 0 and the maximum as binary.
 * A shared Plane Orientation (Patient) is added so that OHIF (>= 3.9) can load a SEG of a 2D image: its
@@ -186,10 +186,9 @@ def segment_array(
 
 def segmentation_type(rows: int, cols: int, frames: int) -> hd.seg.SegmentationTypeValues:
     """BINARY, or FRACTIONAL when BINARY's packed pixel data (``frames`` frames, one per segment) would
-    need a pad byte after frames that are not whole bytes (the case OHIF's reader rejects)."""
-    pixels = rows * cols
-    packed_bytes = -(-pixels * frames // BITS_PER_BYTE)
-    if packed_bytes % 2 and pixels % BITS_PER_BYTE:
+    need a pad byte (OHIF 3.13 fails on it)."""
+    packed_bytes = -(-rows * cols * frames // BITS_PER_BYTE)
+    if packed_bytes % 2:
         return hd.seg.SegmentationTypeValues.FRACTIONAL
     return hd.seg.SegmentationTypeValues.BINARY
 

@@ -8,7 +8,9 @@ measurement:
 * Cobb angle: SCT 285285000 "Cobb angle" in UCUM ``deg``; its end vertebrae as two "Finding Site" concept
   modifiers (SNOMED CT vertebra codes, upper first); inferred from the two endplate lines on the source
   image, each a SCOORD POLYLINE of two points (the upper end vertebra's upper endplate, the lower end
-  vertebra's lower endplate), so a viewer can draw them;
+  vertebra's lower endplate), so a viewer can draw them. A secondary angle that is the challenge's "no
+  curve" (0 degrees, one vertebra, T1 or L5, as both end vertebrae) has no lines to be inferred from: it
+  gets no group (OHIF 3.13 fails on a measurement without one) and the report says so in words;
 * T1 tilt: no standard concept exists, so private ``T1TILT`` (scheme 99SPINESEG, "T1 tilt: upper endplate
   of T1 to the image horizontal, positive rising to the image right"), in ``deg``, finding site T1,
   inferred from T1's upper endplate line.
@@ -96,7 +98,15 @@ def cobb_group(
         ],
     )
     label = f"Cobb angle {index + 1} ({CURVE_NAMES[index]}) {curve.upper}-{curve.lower}"
-    return _group(label, f"cobb-{index + 1}", measurement, [curve.upper_endplate, curve.lower_endplate], card, source)
+    return _group(label, f"cobb-{index + 1}", measurement, curve.endplates, card, source)
+
+
+def no_curve_note(index: int, curve: Curve) -> str:
+    """What the report says, instead of a group, of a secondary angle that is the challenge's "no curve"."""
+    return (
+        f"Cobb angle {index + 1} ({CURVE_NAMES[index]}): no curve (0 deg, both end vertebrae {curve.upper}: "
+        "no vertebra beyond it is measured)"
+    )
 
 
 def t1_tilt_group(
@@ -121,11 +131,12 @@ def spine_groups(
     """The Cobb and T1 tilt groups of ``measurements``, and the reasons for what could not be measured."""
     if measurements is None:
         return [], []
-    groups = [cobb_group(i, c, card, source) for i, c in enumerate(measurements.cobb)]
+    cobb = list(enumerate(measurements.cobb))
+    groups = [cobb_group(i, c, card, source) for i, c in cobb if c.is_curve]
     tilt = t1_tilt_group(measurements, card, source)
     if tilt is not None:
         groups.append(tilt)
-    return groups, list(measurements.notes)
+    return groups, [no_curve_note(i, c) for i, c in cobb if not c.is_curve] + list(measurements.notes)
 
 
-__all__ = ["COBB_ANGLE", "T1_TILT", "cobb_group", "spine_groups", "t1_tilt_group", "vertebra_code"]
+__all__ = ["COBB_ANGLE", "T1_TILT", "cobb_group", "no_curve_note", "spine_groups", "t1_tilt_group", "vertebra_code"]

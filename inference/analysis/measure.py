@@ -65,6 +65,17 @@ class Curve:
     upper_endplate: np.ndarray  # (2, 2) the upper end vertebra's upper endplate (TL, TR), pixels
     lower_endplate: np.ndarray  # (2, 2) the lower end vertebra's lower endplate (BL, BR), pixels
 
+    @property
+    def is_curve(self) -> bool:
+        """False for the challenge's "no curve": 0 degrees, one vertebra as both end vertebrae (a secondary
+        angle whose end vertebra is T1 or L5). Its two endplates are one vertebra's: no lines to draw."""
+        return self.upper != self.lower
+
+    @property
+    def endplates(self) -> list[np.ndarray]:
+        """The lines the angle is read between: both end vertebrae's outer endplates; none for no curve."""
+        return [self.upper_endplate, self.lower_endplate] if self.is_curve else []
+
 
 @dataclass
 class Measurements:

@@ -76,11 +76,16 @@ try {
       class: tr.dataset.class,
       cells: [...tr.querySelectorAll("td")].map((td) => td.textContent.trim()),
     }));
+    const measurements = [...document.querySelectorAll("#measurements tbody tr[data-measurement]")].map((tr) => ({
+      measurement: tr.dataset.measurement,
+      cells: [...tr.querySelectorAll("td")].map((td) => td.textContent.trim()),
+    }));
     const visible = (id) => !document.getElementById(id).hidden;
     return {
       status: document.getElementById("status").textContent,
       images: { original: size("original"), mask: size("mask"), overlay: size("overlay") },
       rows,
+      measurements,
       demo_warning: visible("result-warning") ? document.getElementById("result-warning").textContent : null,
       headers: [...document.querySelectorAll("#metrics thead th")].map((th) => th.textContent.trim()),
       downloads: [...document.querySelectorAll("#downloads a")].map((a) => ({ text: a.textContent, href: a.getAttribute("href") })),

@@ -27,6 +27,11 @@ function fmt(value, digits = 2) {
   return typeof value === "number" ? value.toFixed(digits) : String(value);
 }
 
+// the challenge writes "no curve" as 0 degrees with one vertebra (T1 or L5) as both end vertebrae
+function endVertebrae(curve) {
+  return curve.upper === curve.lower ? "no curve" : `${curve.upper}–${curve.lower}`;
+}
+
 async function getJSON(url) {
   const response = await fetch(url, { headers: { Accept: "application/json" } });
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
@@ -106,7 +111,7 @@ function showQuality(quality, measurements) {
     measurements.cobb.forEach((c, i) =>
       rows.push(el("tr", { dataset: { measurement: `cobb-${i}` } },
         el("td", {}, COBB_NAMES[i] || `Cobb angle ${i + 1}`), el("td", {}, `${fmt(c.angle_deg, 1)}°`),
-        el("td", {}, `${c.upper}–${c.lower}`))));
+        el("td", {}, endVertebrae(c)))));
     if (measurements.t1_tilt_deg !== null) {
       rows.push(el("tr", { dataset: { measurement: "t1-tilt" } },
         el("td", { title: measurements.t1_tilt_convention }, "T1 tilt"),
@@ -223,7 +228,7 @@ function jobRow(job) {
     el("td", { class: `state-${job.state}` }, job.state),
     el("td", {}, job.model, model ? el("div", { class: "warning" }, model.disclaimer) : null,
       quality && !quality.reliable ? el("div", { class: "quality unreliable" }, "no reliable segmentation") : null,
-      cobb.length ? el("div", {}, `Cobb ${cobb.map((c) => `${fmt(c.angle_deg, 0)}° ${c.upper}–${c.lower}`).join(", ")}`) : null),
+      cobb.length ? el("div", {}, `Cobb ${cobb.map((c) => `${fmt(c.angle_deg, 0)}° ${endVertebrae(c)}`).join(", ")}`) : null),
     el("td", {}, job.inference_ms ? `${fmt(job.inference_ms, 0)} ms` : "—"),
     el("td", {}, thumb),
     el("td", {}, deliveryCell(job)),

@@ -126,6 +126,12 @@ def test_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
     assert {"V", "T1"} <= set(table)
     assert int(table["V"][1]) > 0 and int(table["T1"][1]) > 0  # pixels: the default model finds both
     assert "flip agreement Dice" in page["headers"] and not any("accuracy" in h.lower() for h in page["headers"])
+    # the default model reports Cobb angles: three rows, each end vertebrae "Tn–Lm" or the challenge's
+    # "no curve" (never one vertebra at both ends) and T1 tilt
+    cobb = [m["cells"] for m in page["measurements"] if m["measurement"].startswith("cobb-")]
+    assert len(cobb) == 3 and all(c[1].endswith("°") for c in cobb), cobb
+    assert all(c[2] == "no curve" or len(set(c[2].split("–"))) == 2 for c in cobb), cobb
+    assert [m["measurement"] for m in page["measurements"]][-1] == "t1-tilt"
     assert page["demo_warning"] == label and "NOT FOR DIAGNOSTIC USE" in label
     [job] = page["jobs"]
     assert "done" in job["cells"]

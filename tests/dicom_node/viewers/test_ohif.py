@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from pydicom.uid import generate_uid
 
 from dicom_node.writers import build_outputs
 from inference.data.phantom import make_phantom
@@ -63,7 +64,8 @@ class Case:
     seed: int
     height: int
     reliable: bool = True
-    radiograph: bool = False  # a real validation radiograph with its true vertebra levels (seed, height unused)
+    radiograph: bool = False  # a real validation radiograph (seed: its index) with its true vertebra levels
+    curves: int = 0  # of a radiograph: Cobb angles that are curves (a "no curve" secondary angle has no group)
 
 
 CASES = (
@@ -72,11 +74,14 @@ CASES = (
     Case("odd-seg-bytes", 940016, 401),  # 401 x 195: 1-bit pixel data of an odd byte count
     Case("film-2500", 940003, 2500),  # 2500 x 421, odd byte count too
     Case("unreliable", 940013, 409, reliable=False),
-    Case("radiograph-levels", 0, 0, radiograph=True),  # vertebra segments, Cobb angles and T1 tilt
-    # 19 segments: 616 x 209, frames of an odd number of whole bytes (BINARY with a pad byte), and
-    # 601 x 204, frames not byte-aligned and an odd total (FRACTIONAL)
-    Case("radiograph-odd-frames", 0, 616, radiograph=True),
-    Case("radiograph-unaligned", 0, 601, radiograph=True),
+    # vertebra segments, Cobb angles and T1 tilt: validation image 2, an S-curve with three curves; 19
+    # segments of 1691 x 651, frames not byte-aligned, even total (BINARY)
+    Case("radiograph-levels", 2, 0, radiograph=True, curves=3),
+    # validation image 0, main curve T1-L5 (both secondary angles "no curve"), 19 segments: 616 x 209, frames
+    # of an odd number of whole bytes, and 601 x 204, frames not byte-aligned; both odd totals (FRACTIONAL:
+    # OHIF fails on a BINARY SEG with a pad byte)
+    Case("radiograph-odd-frames", 0, 616, radiograph=True, curves=1),
+    Case("radiograph-unaligned", 0, 601, radiograph=True, curves=1),
 )
 
 
@@ -91,8 +96,13 @@ class Shown:
 def write_case(case: Case, folder: Path) -> tuple[str, int, int, list[Path]]:
     """Source, SEG, SR and SC of ``case`` as files; returns (study UID, columns, SR groups, files)."""
     if case.radiograph:
-        radiograph = validation_radiographs(1, rows=case.height or None)[0]
+        [radiograph] = validation_radiographs(1, rows=case.height or None, first=case.seed)
         source, card = radiograph.dataset, make_card(demo=False)
+        # an image's UIDs follow from its index: each size of it a study of its own (Orthanc keeps the first
+        # instance of a UID, and the outputs' UIDs follow from the source's)
+        for attr in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(source, attr, generate_uid(entropy_srcs=[case.name, attr]))
+        source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
         outputs = build_outputs(source, prediction_of(radiograph, radiograph.levels), card)
     else:
         phantom = make_phantom(case.seed, height=case.height)
@@ -256,7 +266,11 @@ def test_vertebra_segments_cobb_angles_and_t1_tilt_are_shown(shown: dict[str, Sh
     tracked = [m["tracking"] for m in sr["measurements"]]
     assert tracked[:2] == SEGMENT_LABELS and len(tracked) == shown[name].sr_groups
     spine = sr["measurements"][2:]
-    assert len(spine) == 4  # three Cobb angles and the T1 tilt
+    assert len(spine) == shown[name].case.curves + 1  # the Cobb angles that are curves, and the T1 tilt
+    assert [m["tracking"].split(" (")[0] for m in spine] == [
+        *(f"Cobb angle {i + 1}" for i in range(shown[name].case.curves)),
+        "T1 tilt",
+    ]
     for m in spine:
         assert m["loaded"] and m["referenced"], m  # placed on the source image (its endplate lines)
         [label] = m["labels"]

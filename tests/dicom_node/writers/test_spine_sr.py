@@ -52,22 +52,34 @@ def test_cobb_and_t1_tilt_groups(radiograph: Radiograph, tmp_path: Path) -> None
     assert sr_errors(path) == []
     groups = groups_of(dcmread(path))
     spine = groups[2:]  # after the two segment groups
-    assert len(spine) == 4
-    for group, curve in zip(spine[:3], m.cobb, strict=True):
-        num = num_of(group)
-        assert num.ConceptNameCodeSequence[0].CodeValue == COBB_ANGLE.value  # SCT 285285000
-        assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "deg"
-        assert float(num.MeasuredValueSequence[0].NumericValue) == pytest.approx(curve.angle_deg, abs=0.01)
-        sites = [i.ConceptCodeSequence[0].CodeValue for i in num.ContentSequence if i.ValueType == "CODE"]
-        assert sites == [vertebra_code(curve.upper).value, vertebra_code(curve.lower).value]
-        lines = [i for i in num.ContentSequence if i.ValueType == "SCOORD"]
-        assert [i.GraphicType for i in lines] == ["POLYLINE", "POLYLINE"]
-        drawn = [np.asarray(i.GraphicData, np.float64).reshape(-1, 2) - 0.5 for i in lines]
-        assert np.allclose(drawn[0], curve.upper_endplate, atol=1e-3)
-        assert np.allclose(drawn[1], curve.lower_endplate, atol=1e-3)
-        [image] = lines[0].ContentSequence
-        assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == radiograph.dataset.SOPInstanceUID
-    tilt = num_of(spine[3])
+    # this image's main curve runs T1-L5: both secondary angles are the challenge's "no curve" (0 deg,
+    # T1-T1 and L5-L5). Its two endplates would be one vertebra's: no group, the report says it in words
+    assert [(c.upper, c.lower, c.is_curve) for c in m.cobb] == [
+        ("T1", "L5", True),
+        ("T1", "T1", False),
+        ("L5", "L5", False),
+    ]
+    assert len(spine) == 2
+    curve = m.cobb[0]
+    num = num_of(spine[0])
+    assert num.ConceptNameCodeSequence[0].CodeValue == COBB_ANGLE.value  # SCT 285285000
+    assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "deg"
+    assert float(num.MeasuredValueSequence[0].NumericValue) == pytest.approx(curve.angle_deg, abs=0.01)
+    sites = [i.ConceptCodeSequence[0].CodeValue for i in num.ContentSequence if i.ValueType == "CODE"]
+    assert sites == [vertebra_code(curve.upper).value, vertebra_code(curve.lower).value]
+    lines = [i for i in num.ContentSequence if i.ValueType == "SCOORD"]
+    assert [i.GraphicType for i in lines] == ["POLYLINE", "POLYLINE"]
+    drawn = [np.asarray(i.GraphicData, np.float64).reshape(-1, 2) - 0.5 for i in lines]
+    assert np.allclose(drawn[0], curve.upper_endplate, atol=1e-3)
+    assert np.allclose(drawn[1], curve.lower_endplate, atol=1e-3)
+    [image] = lines[0].ContentSequence
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == radiograph.dataset.SOPInstanceUID
+    texts = [i.TextValue for i in dcmread(path).ContentSequence[-1].ContentSequence if i.ValueType == "TEXT"]
+    assert [t for t in texts if "no curve" in t] == [
+        "Cobb angle 2 (secondary 1): no curve (0 deg, both end vertebrae T1: no vertebra beyond it is measured)",
+        "Cobb angle 3 (secondary 2): no curve (0 deg, both end vertebrae L5: no vertebra beyond it is measured)",
+    ]
+    tilt = num_of(spine[1])
     assert tilt.ConceptNameCodeSequence[0].CodeValue == T1_TILT.value
     assert float(tilt.MeasuredValueSequence[0].NumericValue) == pytest.approx(m.t1_tilt_deg, abs=0.01)
     read = hd.sr.srread(path)  # highdicom reads the groups back
@@ -137,3 +149,14 @@ def test_overlay_legend_hides_no_endplate_line_and_stays_above_the_warning(rows:
     assert not lines[top : top + layout.height, left : left + layout.width].any()
     assert top + layout.height <= warning_band_top(radiograph.truth.shape)  # above "NOT FOR DIAGNOSTIC USE"
     assert left in (0, radiograph.truth.shape[1] - layout.width)  # against an edge
+
+
+def test_overlay_draws_no_lines_for_no_curve_and_says_so(radiograph: Radiograph) -> None:
+    from dicom_node.writers.overlay import endplate_lines, measurement_lines
+
+    m = prediction_of(radiograph, radiograph.levels).measurements  # main curve T1-L5, then two "no curve"
+    assert m is not None and [c.is_curve for c in m.cobb] == [True, False, False]
+    assert len(endplate_lines(m)) == 2  # the main curve's: T1's upper and L5's lower endplate
+    legend = measurement_lines(m)
+    assert legend[0].endswith("deg, T1-L5")
+    assert legend[1:3] == ["Cobb 2: 0.0 deg, no curve", "Cobb 3: 0.0 deg, no curve"]
