@@ -15,15 +15,14 @@ The SEG is built with ``highdicom.seg.Segmentation`` and then completed where hi
   Thickness only when the source has one: a radiograph has no slice and none is invented. For a SEG
   without a Frame of Reference both are optional (PS3.3 C.7.6.16.2.1, as corrected by CP 1426), and the
   item may be empty. highdicom's reader insists on Slice Thickness in any Pixel Measures and refuses such
-  a SEG; ``seg_compare.read_segmentation`` reads it (``tests/dicom_node/test_writers.py`` pins both).
+  a SEG; ``seg_compare.read_segmentation`` reads it (``tests/dicom_node/writers/test_writers.py`` pins both).
 * A SEG whose 1-bit pixel data would have an odd number of bytes is written as FRACTIONAL (OCCUPANCY,
   only 0 and the Maximum Fractional Value: the same binary mask, 8 bits a pixel). PS3.5 8.1.1 pads such
   pixel data with one byte to an even length, and OHIF 3.13 fails on the padded SEG, whether its frames
   are whole bytes or not (``tests/dicom_node/viewers/test_ohif.py``: a 616 x 209 radiograph's 19 frames of
   16 093 bytes each). Every frame counts: with a segment per vertebra a SEG has 2 + 17 frames. A
-  FRACTIONAL occupancy of 0 or 1 is the
-  standard's other encoding of the same segment (PS3.3 C.8.20.2.3), and its byte count is always even;
-  OHIF reads a fractional SEG of only 0 and the maximum as binary.
+  FRACTIONAL occupancy of 0 or 1 is the standard's other encoding of the same segment (PS3.3 C.8.20.2.3),
+  and its byte count is always even; OHIF reads a fractional SEG of only 0 and the maximum as binary.
 * A shared Plane Orientation (Patient) is added so that OHIF (>= 3.9) can load a SEG of a 2D image: its
   loader reads the orientation of the SEG and compares it with that of the source, for which it assumes
   rows along +x and columns along +y when the source has none.
