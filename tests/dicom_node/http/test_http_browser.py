@@ -131,6 +131,7 @@ def test_upload_in_headless_chromium(page_url: str, tmp_path: Path) -> None:
     cobb = [m["cells"] for m in page["measurements"] if m["measurement"].startswith("cobb-")]
     assert len(cobb) == 3 and all(c[1].endswith("°") for c in cobb), cobb
     assert all(c[2] == "no curve" or len(set(c[2].split("–"))) == 2 for c in cobb), cobb
+    assert ["0.0°", "no curve"] in [c[1:] for c in cobb], cobb  # this image's third angle (T11-L4 main curve)
     assert [m["measurement"] for m in page["measurements"]][-1] == "t1-tilt"
     assert page["demo_warning"] == label and "NOT FOR DIAGNOSTIC USE" in label
     [job] = page["jobs"]
